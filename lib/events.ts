@@ -1,0 +1,116 @@
+/** A map from event names to the tuple of arguments each event carries. */
+export type EventMap = Record<string, readonly unknown[]>;
+
+/** A loosely typed event map: any event name, any arguments. */
+export type AnyEvents = Record<string, unknown[]>;
+
+/** A function called with an event's arguments. It may return a promise. */
+export type Listener<A extends readonly unknown[] = unknown[]> = (
+  ...args: A
+) => void | Promise<void>;
+
+/** Called when a listener throws or rejects; `event` names the event it was handling. */
+export type ListenerErrorHandler = (err: unknown, event: string) => void;
+
+/**
+ * A local, synchronous event bus: `emit` calls the listeners of one event in registration order,
+ * inside the call. A listener that throws (or returns a promise that rejects) never stops the other
+ * listeners: its error goes to the error handler given to the constructor.
+ *
+ * It does no I/O and knows nothing of processes or sockets.
+ *
+ * @example
+ * ```ts
+ * const bus = new EventBus((err, event) => console.error(event, err));
+ * const off = bus.on("greeting", (msg) => console.log(msg));
+ * bus.emit("greeting", ["Hi"]);
+ * off();
+ * ```
+ */
+export class EventBus {
+  #listeners = new Map<string, Listener[]>();
+  #onError: ListenerErrorHandler;
+  #onAdd: ((event: string) => void) | undefined;
+
+  /**
+   * @param onError Receives each listener failure with the event's name.
+   * @param onAdd Called after a listener is added for an event (used to replay held events).
+   */
+  constructor(onError: ListenerErrorHandler, onAdd?: (event: string) => void) {
+    this.#onError = onError;
+    this.#onAdd = onAdd;
+  }
+
+  /**
+   * Add a listener; the same function may be added twice and is then called twice.
+   *
+   * @returns A function that removes this registration.
+   */
+  on(event: string, fn: Listener): () => void {
+    const list = this.#listeners.get(event);
+    // Copy on write: an emit in progress keeps iterating the array it started with.
+    this.#listeners.set(event, list ? [...list, fn] : [fn]);
+    this.#onAdd?.(event);
+    return () => this.off(event, fn);
+  }
+
+  /**
+   * Remove one registration of `fn` for `event`, or every listener of `event` when `fn` is omitted.
+   *
+   * @returns Whether anything was removed.
+   */
+  off(event: string, fn?: Listener): boolean {
+    const list = this.#listeners.get(event);
+    if (!list) return false;
+    if (fn === undefined) {
+      this.#listeners.delete(event);
+      return true;
+    }
+    const i = list.lastIndexOf(fn);
+    if (i < 0) return false;
+    if (list.length === 1) this.#listeners.delete(event);
+    else this.#listeners.set(event, [...list.slice(0, i), ...list.slice(i + 1)]);
+    return true;
+  }
+
+  /** Whether `event` has at least one listener. */
+  has(event: string): boolean {
+    return this.#listeners.has(event);
+  }
+
+  /** The number of listeners of `event`. */
+  count(event: string): number {
+    return this.#listeners.get(event)?.length ?? 0;
+  }
+
+  /** The names of all events that have listeners. */
+  events(): string[] {
+    return [...this.#listeners.keys()];
+  }
+
+  /**
+   * Call every listener of `event` with `args`, synchronously and in registration order.
+   *
+   * @returns The number of listeners called.
+   */
+  emit(event: string, args: readonly unknown[]): number {
+    const list = this.#listeners.get(event);
+    if (!list) return 0;
+    for (const fn of list) {
+      try {
+        const r = fn(...args);
+        if (r !== undefined && typeof (r as Promise<void>).then === "function") {
+          (r as Promise<void>).then(undefined, (err: unknown) => this.#onError(err, event));
+        }
+      } catch (err) {
+        this.#onError(err, event);
+      }
+    }
+    return list.length;
+  }
+
+  /** Remove every listener. */
+  clear(): void {
+    this.#listeners.clear();
+  }
+}

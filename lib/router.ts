@@ -1,0 +1,293 @@
+import { EventBus, type Listener } from "./events.ts";
+import { cborCodec, type Codec } from "./codec.ts";
+import { CodecError, TaskStateError } from "./errors.ts";
+import { log } from "./log.ts";
+import type { PeerEvent, Transport, TransportMessage } from "./transport/types.ts";
+
+/** Router event: a peer connected. Listeners get `(nodeId: number, labels: string[])`. */
+export const PEER_JOINED = "ditask:peer-joined";
+/** Router event: a peer disconnected. Listeners get `(nodeId: number, labels: string[])`. */
+export const PEER_LEFT = "ditask:peer-left";
+
+/** The wire prefix of task events (DI-engine's `task.<event>`). */
+export const TASK_TOPIC_PREFIX = "task.";
+
+/** How many unhandled remote events the start-up hold keeps at most (oldest dropped past it). */
+export const MAX_HELD_EVENTS = 100_000;
+
+/** What the router needs from the task it serves. */
+export interface TaskSink {
+  /** Whether the task has a listener for `event`. */
+  has(event: string): boolean;
+  /** Deliver a remote task event to the task's local listeners. */
+  deliver(event: string, args: unknown[]): void;
+}
+
+/** Options of {@link Router.attach}. */
+export interface AttachOptions {
+  /** Labels of this node (`--labels`). */
+  labels?: Iterable<string>;
+  /** The codec for event arguments. @default cborCodec */
+  codec?: Codec;
+}
+
+interface Held {
+  topic: string;
+  args: unknown[];
+  from: number;
+}
+
+/**
+ * Connects a task's events to other nodes through a {@link Transport}: DI-engine's `Parallel`
+ * instance as seen through `task.router`. It is inactive until `Parallel.runner` (or a test)
+ * attaches a transport.
+ *
+ * Task events travel under the topic `task.<event>`; `router.on/once/off/emit` use un-prefixed
+ * topics of their own. Delivery reaches directly connected peers only, never the sender itself,
+ * in emit order per sender and receiver.
+ *
+ * Start-up hold: from `attach()` until this node has finished its first step (or its `main`
+ * returned), a remote event whose topic has no listener yet is held and delivered, in order, as
+ * soon as a listener for it registers, so events sent by a faster peer's `main` are not lost.
+ * Events still unheld when the hold ends are dropped (logged at debug level).
+ *
+ * @example Learn who sent an event
+ * ```ts
+ * task.on("trajectory", (traj) => console.log("from node", task.router.sender, traj));
+ * ```
+ */
+export class Router {
+  #transport: Transport | undefined;
+  #codec: Codec = cborCodec;
+  #bus: EventBus;
+  #sink: TaskSink | undefined;
+  #unsubs: Array<() => void> = [];
+  #holding = false;
+  #held: Held[] = [];
+  #heldDropped = 0;
+  #sender: number | null = null;
+  #labels = new Set<string>();
+  #nodeId: number | null = null;
+  /** How many times `main` was re-run after an exception (`autoRecover`). */
+  retries = 0;
+
+  constructor() {
+    this.#bus = new EventBus(
+      (err, event) => log.error(`node ${this.#nodeId}: router handler for "${event}" failed:`, err),
+      (topic) => this.#replay(topic, false),
+    );
+  }
+
+  /** This node's id, or `null` while inactive. */
+  get nodeId(): number | null {
+    return this.#nodeId;
+  }
+
+  /** Whether a transport is attached (the process runs as a node of a parallel job). */
+  get isActive(): boolean {
+    return this.#transport !== undefined;
+  }
+
+  /** This node's labels (from `Parallel.runner({ labels })` or `--labels`). */
+  get labels(): Set<string> {
+    return this.#labels;
+  }
+
+  /** The node ids of the peers connected now. */
+  get peers(): number[] {
+    return this.#transport ? [...this.#transport.peers] : [];
+  }
+
+  /**
+   * The node id that sent the event whose listeners are running now: a peer's id for a remote
+   * event, this node's id for a local one, `null` outside a listener. Read it synchronously at the
+   * start of the listener (before any `await`).
+   */
+  get sender(): number | null {
+    return this.#sender;
+  }
+
+  /** Whether the start-up hold is still on. */
+  get holding(): boolean {
+    return this.#holding;
+  }
+
+  /** @internal Bind the task whose events this router carries. */
+  bindTask(sink: TaskSink): void {
+    this.#sink = sink;
+  }
+
+  /**
+   * @internal Activate the router over `transport` (already opened or not). Starts the start-up hold.
+   * @throws {TaskStateError} If a transport is already attached.
+   */
+  attach(transport: Transport, options: AttachOptions = {}): void {
+    if (this.#transport) throw new TaskStateError("Cannot attach transport: the router is already active");
+    this.#transport = transport;
+    this.#nodeId = transport.nodeId;
+    this.#labels = new Set(options.labels ?? []);
+    this.#codec = options.codec ?? cborCodec;
+    this.#holding = true;
+    this.#unsubs.push(
+      transport.onMessage((m) => this.#receive(m)),
+      transport.onPeer((e) => this.#peer(e)),
+      transport.onError((err) => log.warn(`node ${this.#nodeId}:`, err.message)),
+    );
+    for (const topic of this.#bus.events()) transport.subscribe(topic);
+  }
+
+  /** @internal Deactivate: close the transport and forget it. */
+  async detach(): Promise<void> {
+    const t = this.#transport;
+    if (!t) return;
+    this.endStartup();
+    for (const u of this.#unsubs.splice(0)) u();
+    this.#transport = undefined;
+    this.#nodeId = null;
+    this.#bus.clear();
+    await t.close();
+  }
+
+  /** @internal End the start-up hold; events still held are dropped. */
+  endStartup(): void {
+    if (!this.#holding) return;
+    this.#holding = false;
+    if (this.#held.length + this.#heldDropped > 0) {
+      log.debug(
+        `node ${this.#nodeId}: start-up hold ended; ${this.#held.length + this.#heldDropped} event(s) had no listener`,
+      );
+    }
+    this.#held = [];
+    this.#heldDropped = 0;
+  }
+
+  /**
+   * Listen to an un-prefixed router topic. Survives `task.stop()`.
+   *
+   * @returns A function that removes the listener.
+   */
+  on(topic: string, fn: Listener): () => void {
+    this.#transport?.subscribe(topic);
+    return this.#bus.on(topic, fn);
+  }
+
+  /** Listen to one message of `topic`. */
+  once(topic: string, fn: Listener): () => void {
+    const off = this.on(topic, (...args) => {
+      off();
+      return fn(...args);
+    });
+    return off;
+  }
+
+  /** Remove `fn`, or every listener of `topic`. */
+  off(topic: string, fn?: Listener): void {
+    this.#bus.off(topic, fn);
+    if (!this.#bus.has(topic)) this.#transport?.unsubscribe(topic);
+  }
+
+  /**
+   * Send `args` under `topic` to every connected peer (not to this node). Does nothing while
+   * inactive.
+   *
+   * @throws {CodecError} If an argument cannot be encoded; the message names the topic.
+   */
+  emit(topic: string, ...args: unknown[]): void {
+    if (!this.#transport) return;
+    this.#transport.publish(topic, this.#encode(topic, args));
+  }
+
+  /** @internal Send a task event to the peers. */
+  publishTask(event: string, args: unknown[]): void {
+    if (!this.#transport) return;
+    const topic = TASK_TOPIC_PREFIX + event;
+    this.#transport.publish(topic, this.#encode(topic, args));
+  }
+
+  /** @internal Subscribe or unsubscribe the task topic of `event` on the transport. */
+  taskInterest(event: string, wanted: boolean): void {
+    if (!this.#transport) return;
+    if (wanted) this.#transport.subscribe(TASK_TOPIC_PREFIX + event);
+    else this.#transport.unsubscribe(TASK_TOPIC_PREFIX + event);
+  }
+
+  /** @internal Replay held task events once a task listener for `event` registers. */
+  taskListenerAdded(event: string): void {
+    this.#replay(TASK_TOPIC_PREFIX + event, true);
+  }
+
+  /** @internal Run `fn` with `sender` set to `from`. */
+  withSender<T>(from: number | null, fn: () => T): T {
+    const prev = this.#sender;
+    this.#sender = from;
+    try {
+      return fn();
+    } finally {
+      this.#sender = prev;
+    }
+  }
+
+  #encode(topic: string, args: unknown[]): Uint8Array {
+    try {
+      return this.#codec.encode(args);
+    } catch (err) {
+      throw new CodecError(`Cannot send "${topic}": ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  #wants(topic: string): boolean {
+    if (topic.startsWith(TASK_TOPIC_PREFIX)) {
+      return this.#sink?.has(topic.slice(TASK_TOPIC_PREFIX.length)) ?? false;
+    }
+    return this.#bus.has(topic);
+  }
+
+  #receive(m: TransportMessage): void {
+    const wanted = this.#wants(m.topic);
+    // Topics nobody listens to are dropped before decoding (DI-engine does the same).
+    if (!wanted && !this.#holding) return;
+    let args: unknown;
+    try {
+      args = this.#codec.decode(m.payload);
+    } catch (err) {
+      log.warn(`node ${this.#nodeId}: dropped "${m.topic}" from node ${m.from}:`, (err as Error).message);
+      return;
+    }
+    if (!Array.isArray(args)) {
+      log.warn(`node ${this.#nodeId}: dropped "${m.topic}" from node ${m.from}: arguments are not an array`);
+      return;
+    }
+    if (wanted) this.#dispatch(m.topic, args, m.from);
+    else {
+      this.#held.push({ topic: m.topic, args, from: m.from });
+      if (this.#held.length > MAX_HELD_EVENTS) {
+        this.#held.shift();
+        this.#heldDropped++;
+      }
+    }
+  }
+
+  #dispatch(topic: string, args: unknown[], from: number): void {
+    this.withSender(from, () => {
+      if (topic.startsWith(TASK_TOPIC_PREFIX)) this.#sink?.deliver(topic.slice(TASK_TOPIC_PREFIX.length), args);
+      else this.#bus.emit(topic, args);
+    });
+  }
+
+  #replay(topic: string, isTask: boolean): void {
+    if (!this.#holding || this.#held.length === 0) return;
+    if (isTask !== topic.startsWith(TASK_TOPIC_PREFIX)) return;
+    // Deliver after the current synchronous code, so every listener registered in the same tick
+    // (an `on` and a `waitFor`, say) sees the held events.
+    queueMicrotask(() => {
+      const mine = this.#held.filter((h) => h.topic === topic);
+      if (mine.length === 0) return;
+      this.#held = this.#held.filter((h) => h.topic !== topic);
+      for (const h of mine) this.#dispatch(h.topic, h.args, h.from);
+    });
+  }
+
+  #peer(e: PeerEvent): void {
+    this.withSender(e.nodeId, () => this.#bus.emit(e.type === "joined" ? PEER_JOINED : PEER_LEFT, [e.nodeId, e.labels]));
+  }
+}

@@ -1,0 +1,117 @@
+// The only module that knows which runtime it runs on. Everything that differs between Node and
+// Deno (process spawning, exit, environment, the entry script) goes through here.
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+interface DenoLike {
+  execPath(): string;
+  mainModule: string;
+  args: string[];
+  env: { get(k: string): string | undefined; set(k: string, v: string): void; delete(k: string): void };
+  exit(code?: number): never;
+}
+
+const deno = (globalThis as { Deno?: DenoLike }).Deno;
+
+/** Which runtime this process is: `"deno"` or `"node"`. */
+export const runtimeKey: "deno" | "node" = deno !== undefined ? "deno" : "node";
+
+/** Read an environment variable; `undefined` when unset or not permitted. */
+export function getEnv(name: string): string | undefined {
+  try {
+    return deno ? deno.env.get(name) : process.env[name];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Set an environment variable; returns false when the runtime does not permit it. */
+export function setEnv(name: string, value: string | undefined): boolean {
+  try {
+    if (deno) {
+      if (value === undefined) deno.env.delete(name);
+      else deno.env.set(name, value);
+    } else if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A copy of this process's environment. */
+export function envSnapshot(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+/** The path of the script this process was started with. */
+export function entryScript(): string {
+  if (deno) {
+    const m = deno.mainModule;
+    return m.startsWith("file:") ? fileURLToPath(m) : m;
+  }
+  return process.argv[1] ?? "";
+}
+
+/** The command-line arguments after the script. */
+export function scriptArgs(): string[] {
+  return deno ? [...deno.args] : process.argv.slice(2);
+}
+
+/** Options for {@link spawnScript}. */
+export interface SpawnScriptOptions {
+  /** The full environment of the child. */
+  env: Record<string, string>;
+  /** How the child's stdout and stderr are connected. @default "inherit" */
+  stdio?: "inherit" | "pipe";
+  /** Run the script with this runtime instead of the current one. */
+  runtime?: "node" | "deno";
+}
+
+/**
+ * Start `script` with `args` in a new process of the same runtime (Node: `node <execArgv> script`;
+ * Deno: `deno run -A script`).
+ */
+export function spawnScript(script: string, args: string[], options: SpawnScriptOptions): ChildProcess {
+  const rt = options.runtime ?? runtimeKey;
+  const stdio = options.stdio ?? "inherit";
+  let cmd: string;
+  let argv: string[];
+  if (rt === "deno") {
+    cmd = deno ? deno.execPath() : denoExecutable();
+    argv = ["run", "-A", script, ...args];
+  } else {
+    cmd = deno ? "node" : process.execPath;
+    argv = [...(deno ? [] : process.execArgv), script, ...args];
+  }
+  return spawn(cmd, argv, { env: options.env, stdio: ["ignore", stdio, stdio] });
+}
+
+function denoExecutable(): string {
+  return getEnv("DITASK_DENO") ?? "deno";
+}
+
+/** End this process with `code`. */
+export function exitProcess(code: number): never {
+  if (deno) deno.exit(code);
+  process.exit(code);
+}
+
+/** Resident set size of this process in bytes. */
+export function rss(): number {
+  return process.memoryUsage().rss;
+}
+
+/** Run `fn` once when this process receives SIGINT or SIGTERM; returns a function that removes it. */
+export function onTerminate(fn: (signal: "SIGINT" | "SIGTERM") => void): () => void {
+  const int = () => fn("SIGINT");
+  const term = () => fn("SIGTERM");
+  process.on("SIGINT", int);
+  process.on("SIGTERM", term);
+  return () => {
+    process.off("SIGINT", int);
+    process.off("SIGTERM", term);
+  };
+}

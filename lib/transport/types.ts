@@ -1,0 +1,49 @@
+/** One message delivered by a transport. */
+export interface TransportMessage {
+  /** The topic, e.g. `"task.greeting"` for a task event or a plain router topic. */
+  topic: string;
+  /** The encoded arguments (the transport never looks inside). */
+  payload: Uint8Array;
+  /** The node id of the sender. */
+  from: number;
+}
+
+/** A peer joined or left. */
+export interface PeerEvent {
+  type: "joined" | "left";
+  /** The peer's node id. */
+  nodeId: number;
+  /** The labels the peer announced in its handshake. */
+  labels: string[];
+}
+
+/**
+ * Moves bytes between nodes under topics. A transport never delivers a node's own messages back
+ * to it, keeps the order of messages per sender and receiver, and knows nothing of tasks, events
+ * or codecs. The WebSocket mesh and the in-memory hub implement it; Redis will too.
+ */
+export interface Transport {
+  /** This node's id. */
+  readonly nodeId: number;
+  /** The node ids of the peers currently connected. */
+  readonly peers: readonly number[];
+  /**
+   * Bind, dial and wait until every peer this node expects is connected.
+   * @throws {TransportError} If the expected peers cannot be reached in time.
+   */
+  open(): Promise<void>;
+  /** Send `payload` under `topic` to every connected peer. */
+  publish(topic: string, payload: Uint8Array): void;
+  /** Tell the transport that this node wants `topic` (a hint; the mesh delivers every topic). */
+  subscribe(topic: string): void;
+  /** Tell the transport that this node no longer wants `topic`. */
+  unsubscribe(topic: string): void;
+  /** Receive messages; returns a function that stops receiving. */
+  onMessage(fn: (msg: TransportMessage) => void): () => void;
+  /** Learn about peers joining and leaving; returns a function that stops it. */
+  onPeer(fn: (ev: PeerEvent) => void): () => void;
+  /** Receive background errors (a failed dial, a bad frame); returns a function that stops it. */
+  onError(fn: (err: Error) => void): () => void;
+  /** Send what is queued and close every connection. Idempotent. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,9 @@
+// The single test runner for both runtimes: `deno run -A tests/run.ts`, or on Node the compiled
+// `.test-dist/tests/run.js`. The same suites, in the same order, on both.
+import "./_defer.ts";
+import "./events.test.ts";
+import "./context.test.ts";
+import "./task.test.ts";
+import { runQueued } from "./_runner.ts";
+
+await runQueued();

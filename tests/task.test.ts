@@ -1,0 +1,651 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { Lock, Role, Task, VoidMiddleware } from "../lib/task.ts";
+import { Context, OnlineRLContext } from "../lib/context.ts";
+import { StepTimer } from "../lib/step_timer.ts";
+import { DitaskError, TaskStateError, TimeoutError } from "../lib/errors.ts";
+import { setLogLevel } from "../lib/log.ts";
+import { delay } from "./_helpers.ts";
+
+// Listener failures are logged on purpose in some tests; keep the output readable.
+setLogLevel("silent");
+
+class PipeCtx extends Context {
+  pipeline: unknown[] = [];
+}
+
+const Lifecycle = suite("Task lifecycle");
+
+Lifecycle("start() with a body runs it, stops, and returns its result", async () => {
+  const t = new Task();
+  const r = await t.start({}, () => {
+    assert.ok(t.running);
+    return 42;
+  });
+  assert.is(r, 42);
+  assert.not.ok(t.running);
+});
+
+Lifecycle("start() with a body stops also when the body throws", async () => {
+  const t = new Task();
+  try {
+    await t.start({}, async () => {
+      throw new Error("inside");
+    });
+    assert.unreachable();
+  } catch (e) {
+    assert.is((e as Error).message, "inside");
+  }
+  assert.not.ok(t.running);
+});
+
+Lifecycle("the seed's first example prints before start() returns", async () => {
+  const t = new Task();
+  const out: string[] = [];
+  await t.start({ asyncMode: false, ctx: new OnlineRLContext() }, () => {
+    t.on("greeting", (msg) => void out.push(`Get msg: ${msg}`));
+    t.emit("greeting", "Hi");
+    assert.equal(out, ["Get msg: Hi"]);
+  });
+});
+
+Lifecycle("start() without a body returns the task; stop() is idempotent", () => {
+  const t = new Task();
+  assert.is(t.start(), t);
+  t.stop();
+  t.stop();
+  assert.not.ok(t.running);
+});
+
+Lifecycle("start() twice throws TaskStateError", () => {
+  const t = new Task();
+  t.start();
+  assert.throws(() => t.start(), (e: unknown) => e instanceof TaskStateError && /already running/.test((e as Error).message));
+  t.stop();
+});
+
+Lifecycle("start() rejects a ctx that is not a Context", () => {
+  const t = new Task();
+  assert.throws(() => t.start({ ctx: {} as Context }), (e: unknown) => e instanceof TypeError);
+  assert.not.ok(t.running);
+});
+
+Lifecycle("Symbol.asyncDispose stops the task", async () => {
+  const t = new Task();
+  t.start();
+  await t[Symbol.asyncDispose]();
+  assert.not.ok(t.running);
+});
+
+Lifecycle("stop() removes listeners and middleware; pending waitFor rejects", async () => {
+  const t = new Task();
+  t.start();
+  let n = 0;
+  t.on("e", () => void n++);
+  t.use(() => {});
+  const pending = t.waitFor("never");
+  t.stop();
+  await pending.then(
+    () => assert.unreachable("waitFor resolved"),
+    (e) => assert.ok(e instanceof TaskStateError),
+  );
+  t.start();
+  t.emit("e");
+  assert.is(n, 0);
+  await t.run(1); // no middleware left: returns at once
+  assert.is(t.ctx.totalStep, 0);
+  t.stop();
+});
+
+Lifecycle("methods used outside start() throw TaskStateError naming the action", async () => {
+  const t = new Task();
+  assert.throws(() => t.emit("x"), (e: unknown) => e instanceof TaskStateError && /emit "x"/.test((e as Error).message));
+  assert.throws(() => t.on("x", () => {}), (e: unknown) => e instanceof TaskStateError);
+  assert.throws(() => t.use(() => {}), (e: unknown) => e instanceof TaskStateError);
+  assert.throws(() => t.ctx, (e: unknown) => e instanceof TaskStateError);
+  await t.run(1).then(() => assert.unreachable(), (e) => assert.ok(e instanceof TaskStateError));
+  await t.waitFor("x").then(() => assert.unreachable(), (e) => assert.ok(e instanceof DitaskError));
+});
+
+const Events = suite("Task events");
+
+Events("on() returns an unsubscribe function; off(event) removes all", () => {
+  const t = new Task();
+  t.start();
+  let a = 0, b = 0;
+  const offA = t.on("e", () => void a++);
+  t.on("e", () => void b++);
+  t.emit("e");
+  offA();
+  t.emit("e");
+  t.off("e");
+  t.emit("e");
+  assert.is(a, 1);
+  assert.is(b, 2);
+  t.stop();
+});
+
+Events("off(event, fn) removes only fn", () => {
+  const t = new Task();
+  t.start();
+  let a = 0, b = 0;
+  const fa = () => void a++;
+  t.on("e", fa);
+  t.on("e", () => void b++);
+  t.off("e", fa);
+  t.emit("e");
+  assert.is(a, 0);
+  assert.is(b, 1);
+  t.stop();
+});
+
+Events("once() fires once; two once() registrations each fire (DI-engine test_event_loop)", () => {
+  const t = new Task();
+  t.start();
+  let sum = 0;
+  t.once("add", (n) => void (sum += n as number));
+  t.once("add", (n) => void (sum += n as number));
+  t.emit("add", 10);
+  t.emit("add", 10);
+  assert.is(sum, 20);
+  t.stop();
+});
+
+Events("emitLocal() reaches local listeners; emitRemote() does not, and is a no-op standalone", () => {
+  const t = new Task();
+  t.start();
+  const seen: string[] = [];
+  t.on("e", (x) => void seen.push(x as string));
+  t.emitLocal("e", "local");
+  t.emitRemote("e", "remote");
+  assert.equal(seen, ["local"]);
+  t.stop();
+});
+
+Events("a middleware emitting each step gives 10 greetings after run(10) (DI-engine test_emit)", async () => {
+  const t = new Task();
+  let greets = 0;
+  await t.start({}, async () => {
+    t.on("Greeting", () => void greets++);
+    t.use((ctx) => t.emit("Greeting", `Hi ${ctx.totalStep}`));
+    await t.run(10);
+  });
+  assert.is(greets, 10);
+});
+
+Events("waitFor() resolves with the args array", async () => {
+  const t = new Task();
+  t.start();
+  const p = t.waitFor("ready");
+  t.emit("ready", 1, "two");
+  assert.equal(await p, [1, "two"]);
+  t.stop();
+});
+
+Events("waitFor() rejects with TimeoutError after timeout", async () => {
+  const t = new Task();
+  t.start();
+  const t0 = Date.now();
+  try {
+    await t.waitFor("never", { timeout: 30 });
+    assert.unreachable();
+  } catch (e) {
+    assert.ok(e instanceof TimeoutError);
+    assert.is((e as TimeoutError).code, "ERR_DITASK_TIMEOUT");
+    assert.is((e as TimeoutError).event, "never");
+    assert.match((e as Error).message, /"never".*30 ms/);
+  }
+  assert.ok(Date.now() - t0 >= 25);
+  // The listener it registered is gone.
+  t.stop();
+});
+
+Events("waitFor() with timeout inside run(1) makes run reject (DI-engine test_wait_for)", async () => {
+  const t = new Task();
+  t.start({ asyncMode: true });
+  t.use(async () => {
+    await t.waitFor("Greeting", { timeout: 30 });
+  });
+  await t.run(1).then(() => assert.unreachable(), (e) => assert.ok(e instanceof TimeoutError));
+  t.stop();
+});
+
+Events("waitFor() rejects with the abort reason when the signal aborts", async () => {
+  const t = new Task();
+  t.start();
+  const ac = new AbortController();
+  const p = t.waitFor("x", { signal: ac.signal });
+  ac.abort(new Error("cancelled"));
+  await p.then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "cancelled"));
+  const already = AbortSignal.abort(new Error("early"));
+  await t.waitFor("x", { signal: already }).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "early"));
+  t.stop();
+});
+
+Events("waitFor() rejects a negative timeout with RangeError", async () => {
+  const t = new Task();
+  t.start();
+  await t.waitFor("x", { timeout: -1 }).then(() => assert.unreachable(), (e) => assert.ok(e instanceof RangeError));
+  t.stop();
+});
+
+Events("a failing listener does not stop the others and makes run() reject at the end of the step", async () => {
+  const t = new Task();
+  t.start();
+  const seen: string[] = [];
+  t.on("e", () => {
+    throw new Error("listener failed");
+  });
+  t.on("e", () => void seen.push("second"));
+  t.use(() => t.emit("e"));
+  t.use(() => void seen.push("next middleware"));
+  await t.run(5).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "listener failed"));
+  assert.equal(seen, ["second", "next middleware"]);
+  assert.is(t.ctx.totalStep, 0);
+  t.stop();
+});
+
+Events("a rejecting async listener makes run() reject too", async () => {
+  const t = new Task();
+  t.start();
+  t.on("e", async () => {
+    throw new Error("async listener failed");
+  });
+  t.use(async () => {
+    t.emit("e");
+    await delay(1);
+  });
+  await t.run(3).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "async listener failed"));
+  t.stop();
+});
+
+Events("sender is this node's id inside a local listener (null standalone) and null outside", () => {
+  const t = new Task();
+  t.start();
+  let inside: unknown = "unset";
+  t.on("e", () => void (inside = t.sender));
+  t.emit("e");
+  assert.is(inside, null);
+  assert.is(t.sender, null);
+  t.stop();
+});
+
+Events("on() rejects a non-function listener with TypeError", () => {
+  const t = new Task();
+  t.start();
+  assert.throws(() => t.on("e", 5 as never), (e: unknown) => e instanceof TypeError);
+  t.stop();
+});
+
+const Pipeline = suite("Task middleware");
+
+Pipeline("forward twice then renew (DI-engine test_serial_pipeline)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  const step0 = (ctx: PipeCtx) => void ctx.pipeline.push(0);
+  const step1 = (ctx: PipeCtx) => void ctx.pipeline.push(1);
+  for (let i = 0; i < 2; i++) {
+    await t.forward(step0);
+    await t.forward(step1);
+  }
+  assert.equal(t.ctx.pipeline, [0, 1, 0, 1]);
+  t.renew();
+  assert.is(t.ctx.totalStep, 1);
+  assert.equal(t.ctx.pipeline, []);
+  await t.forward(step0);
+  await t.forward(step1);
+  assert.equal(t.ctx.pipeline, [0, 1]);
+  t.stop();
+});
+
+Pipeline("a generator splits at its first yield (DI-engine test_serial_yield_pipeline)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  function* step0(ctx: PipeCtx) {
+    ctx.pipeline.push(0);
+    yield;
+    ctx.pipeline.push(0);
+  }
+  const step1 = (ctx: PipeCtx) => void ctx.pipeline.push(1);
+  await t.forward(step0);
+  await t.forward(step1);
+  await t.backward();
+  assert.equal(t.ctx.pipeline, [0, 1, 0]);
+  await t.backward(); // empty stack
+  assert.equal(t.ctx.pipeline, [0, 1, 0]);
+  t.stop();
+});
+
+Pipeline("run() goes forward in order, backward in reverse; code after a second yield never runs", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  t.use(function* a(ctx) {
+    ctx.pipeline.push("a>");
+    yield;
+    ctx.pipeline.push("<a");
+    yield;
+    ctx.pipeline.push("never");
+  });
+  t.use(async function* b(ctx) {
+    ctx.pipeline.push("b>");
+    await delay(1);
+    yield;
+    ctx.pipeline.push("<b");
+  });
+  t.use(async (ctx) => {
+    await delay(1);
+    ctx.pipeline.push("c");
+  });
+  t.use({ call: (ctx: PipeCtx) => void ctx.pipeline.push("obj") });
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["a>", "b>", "c", "obj", "<b", "<a"]);
+  t.stop();
+});
+
+Pipeline("run(N) leaves ctx.totalStep at N - 1 and sets finish", async () => {
+  const t = new Task();
+  t.start();
+  let calls = 0;
+  t.use(() => void calls++);
+  await t.run(10);
+  assert.is(calls, 10);
+  assert.is(t.ctx.totalStep, 9);
+  assert.ok(t.finish);
+  t.stop();
+});
+
+Pipeline("setting finish ends run() after the current step", async () => {
+  const t = new Task();
+  t.start();
+  t.use((ctx) => {
+    if (ctx.totalStep === 2) t.finish = true;
+  });
+  await t.run(100);
+  assert.is(t.ctx.totalStep, 2);
+  t.stop();
+});
+
+Pipeline("the seed's middleware example: receiver() and sender(), run(10) numbers 0 to 9", async () => {
+  const t = new Task<Record<string, [string]>, OnlineRLContext>();
+  const out: string[] = [];
+  const receiver = () => {
+    t.on("greeting", (msg) => void out.push(`Get msg: ${msg}`));
+    return (_ctx: OnlineRLContext) => {};
+  };
+  const sender = () => (ctx: OnlineRLContext) => t.emit("greeting", `Hi ${ctx.totalStep} times`);
+  await t.start({ asyncMode: false, ctx: new OnlineRLContext() }, async () => {
+    t.use(receiver());
+    t.use(sender());
+    await t.run(10);
+  });
+  assert.equal(out, Array.from({ length: 10 }, (_, i) => `Get msg: Hi ${i} times`));
+});
+
+Pipeline("async mode runs forward halves concurrently (DI-engine test_async_pipeline)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ asyncMode: true, ctx: new PipeCtx() });
+  t.use(async (ctx) => {
+    await delay(30);
+    ctx.pipeline.push("slow");
+  });
+  t.use((ctx) => void ctx.pipeline.push("fast"));
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["fast", "slow"]);
+  assert.ok(t.labels.has("async"));
+  t.stop();
+});
+
+Pipeline("an exception in async mode makes run() reject with totalStep 0 (DI-engine test_async_exception)", async () => {
+  const t = new Task();
+  t.start({ asyncMode: true });
+  t.use(async () => {
+    await t.waitFor("never");
+  });
+  t.use(async () => {
+    await delay(20);
+    throw new Error("async failure");
+  });
+  await t.run(2).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "async failure"));
+  assert.is(t.ctx.totalStep, 0);
+  t.stop();
+});
+
+Pipeline("parallel(slow, fast) runs both forwards concurrently (DI-engine test_parallel_in_sequencial)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  const fast = (ctx: PipeCtx) => void ctx.pipeline.push("fast");
+  const slow = async (ctx: PipeCtx) => {
+    await delay(20);
+    ctx.pipeline.push("slow");
+  };
+  t.use((ctx) => void ctx.pipeline.push("begin"));
+  const p = t.parallel(slow, fast);
+  assert.is(p.name, "parallel<slow,fast>");
+  t.use(p);
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["begin", "fast", "slow"]);
+  t.stop();
+});
+
+Pipeline("serial(slow, fast) keeps order in async mode (DI-engine test_serial_in_parallel)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ asyncMode: true, ctx: new PipeCtx() });
+  const fast = (ctx: PipeCtx) => void ctx.pipeline.push("fast");
+  const slow = async (ctx: PipeCtx) => {
+    await delay(20);
+    ctx.pipeline.push("slow");
+  };
+  t.use((ctx) => void ctx.pipeline.push("begin"));
+  const s = t.serial(slow, fast);
+  assert.is(s.name, "serial<slow,fast>");
+  t.use(s);
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["begin", "slow", "fast"]);
+  t.stop();
+});
+
+Pipeline("serial() runs backward halves in reverse order", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  function* a(ctx: PipeCtx) {
+    ctx.pipeline.push("a>");
+    yield;
+    ctx.pipeline.push("<a");
+  }
+  function* b(ctx: PipeCtx) {
+    ctx.pipeline.push("b>");
+    yield;
+    ctx.pipeline.push("<b");
+  }
+  t.use(t.serial(a, b));
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["a>", "b>", "<b", "<a"]);
+  t.stop();
+});
+
+Pipeline("wrap() nests a middleware inside another (DI-engine test_nested_middleware)", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  function* child(ctx: PipeCtx) {
+    ctx.pipeline.push(ctx.totalStep * 3 + 0);
+    yield;
+    ctx.pipeline.push(ctx.totalStep * 3 + 1);
+  }
+  const wrapped = t.wrap(child, { lock: true });
+  const results: unknown[][] = [];
+  t.use(async (ctx) => {
+    const back = await wrapped(ctx);
+    await back();
+    ctx.pipeline.push(ctx.totalStep * 3 + 2);
+  });
+  t.use((ctx) => void results.push(ctx.pipeline));
+  await t.run(2);
+  assert.equal(results.flat(), [0, 1, 2, 3, 4, 5]);
+  t.stop();
+});
+
+Pipeline("a wrapped middleware whose backward is never called runs it in the backward phase", async () => {
+  const t = new Task<never, PipeCtx>();
+  t.start({ ctx: new PipeCtx() });
+  function* child(ctx: PipeCtx) {
+    ctx.pipeline.push("child>");
+    yield;
+    ctx.pipeline.push("<child");
+  }
+  const wrapped = t.wrap(child);
+  t.use(async (ctx) => {
+    await wrapped(ctx);
+    ctx.pipeline.push("mother");
+  });
+  await t.run(1);
+  assert.equal(t.ctx.pipeline, ["child>", "mother", "<child"]);
+  t.stop();
+});
+
+Pipeline("use(fn, { lock }) serialises middleware (DI-engine test_use_lock)", async () => {
+  const t = new Task();
+  const slow = async (ctx: Context) => {
+    await delay(20);
+    ctx.result = "slow";
+  };
+  const fast = (ctx: Context) => void (ctx.result = "fast");
+  t.start({ asyncMode: true });
+  t.use(slow, { lock: true });
+  t.use(fast, { lock: true });
+  await t.run(1);
+  assert.is(t.ctx.result, "fast");
+  t.stop();
+
+  t.start({ asyncMode: true });
+  t.use(slow);
+  t.use(fast);
+  await t.run(1);
+  assert.is(t.ctx.result, "slow", "without a lock the slow one finishes last");
+  t.stop();
+
+  // Different locks do not serialise each other.
+  const lock = new Lock();
+  const slowest = async (ctx: Context) => {
+    await delay(60);
+    ctx.result = "slowest";
+  };
+  t.start({ asyncMode: true });
+  t.use(slow, { lock });
+  t.use(slowest, { lock: true });
+  t.use(fast, { lock });
+  await t.run(1);
+  assert.is(t.ctx.result, "slowest");
+  t.stop();
+});
+
+Pipeline("use() skips void() middleware and rejects what is not callable", async () => {
+  const t = new Task();
+  t.start();
+  t.use(t.void());
+  t.use(new VoidMiddleware());
+  await t.run(1); // nothing registered: returns at once
+  assert.throws(() => t.use(42 as never), (e: unknown) => e instanceof TypeError && /Middleware/.test((e as Error).message));
+  assert.throws(() => t.use(() => {}, { lock: "yes" as never }), (e: unknown) => e instanceof TypeError);
+  t.stop();
+});
+
+Pipeline("run() rejects a bad maxStep with RangeError", async () => {
+  const t = new Task();
+  t.start();
+  t.use(() => {});
+  await t.run(0).then(() => assert.unreachable(), (e) => assert.ok(e instanceof RangeError));
+  await t.run(1.5).then(() => assert.unreachable(), (e) => assert.ok(e instanceof RangeError));
+  t.stop();
+});
+
+Pipeline("a middleware error propagates out of run()", async () => {
+  const t = new Task();
+  t.start();
+  let backward = false;
+  t.use(function* () {
+    yield;
+    backward = true;
+  });
+  t.use(() => {
+    throw new Error("mw failed");
+  });
+  await t.run(3).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "mw failed"));
+  assert.not.ok(backward);
+  t.stop();
+});
+
+Pipeline("useWrapper(StepTimer) records each middleware each step (DI-engine test_step_timer)", async () => {
+  const t = new Task();
+  t.start({ asyncMode: true });
+  const timer = new StepTimer();
+  t.useWrapper(timer.wrap);
+  t.use(async function step1() {
+    await delay(2);
+  });
+  t.use(function* step2() {
+    yield;
+  });
+  t.use(t.serial(function step3() {}, function step4() {}));
+  await t.run(3);
+  assert.equal([...timer.records.keys()].sort(), ["serial<step3,step4>", "step1", "step2"]);
+  for (const list of timer.records.values()) assert.is(list.length, 3);
+  assert.ok(timer.records.get("step1")!.every((ms) => ms >= 1));
+  t.stop();
+
+  // Two stacked wrappers both record; one added later wraps the middleware already there.
+  const a = new StepTimer();
+  const b = new StepTimer();
+  t.start();
+  t.useWrapper(a.wrap);
+  t.use(function m() {});
+  t.useWrapper(b.wrap);
+  await t.run(2);
+  assert.is(a.records.get("m")!.length, 2);
+  assert.is(b.records.get("m")!.length, 2);
+  t.stop();
+});
+
+const Labels = suite("Task labels and roles");
+
+Labels("labels: standalone, async, and user labels", () => {
+  const t = new Task();
+  t.start({ asyncMode: true, labels: ["learner.0", "gpu"] });
+  assert.equal([...t.labels].sort(), ["async", "gpu", "learner.0", "standalone"]);
+  t.stop();
+  t.start();
+  assert.equal([...t.labels], ["standalone"]);
+  t.stop();
+});
+
+Labels("matchLabels() matches fnmatch globs, one or many", () => {
+  const t = new Task();
+  t.start({ labels: ["node.3", "collector"] });
+  assert.ok(t.matchLabels("node.*"));
+  assert.ok(t.matchLabels("node.?"));
+  assert.ok(t.matchLabels("node.[0-4]"));
+  assert.not.ok(t.matchLabels("node.[!3]"));
+  assert.not.ok(t.matchLabels("node"));
+  assert.ok(t.matchLabels(["learner", "coll*"]));
+  assert.not.ok(t.matchLabels([]));
+  t.stop();
+});
+
+Labels("hasRole() is true when no role was added; roles reset at start()", () => {
+  const t = new Task();
+  t.start();
+  assert.ok(t.hasRole(Role.LEARNER));
+  t.addRole(Role.COLLECTOR);
+  assert.not.ok(t.hasRole(Role.LEARNER));
+  assert.ok(t.hasRole(t.role.COLLECTOR));
+  assert.equal([...t.roles], ["collector"]);
+  t.stop();
+  t.start();
+  assert.is(t.roles.size, 0);
+  t.stop();
+  assert.equal(Object.values(Role).sort(), ["collector", "evaluator", "fetcher", "learner"]);
+});
+
+Lifecycle.run();
+Events.run();
+Pipeline.run();
+Labels.run();
