@@ -68,6 +68,8 @@ export interface SpawnScriptOptions {
   stdio?: "inherit" | "pipe";
   /** Run the script with this runtime instead of the current one. */
   runtime?: "node" | "deno";
+  /** Give the child a stdin pipe that closes when this process dies, so the child can follow it. */
+  watchParent?: boolean;
 }
 
 /**
@@ -86,7 +88,7 @@ export function spawnScript(script: string, args: string[], options: SpawnScript
     cmd = deno ? "node" : process.execPath;
     argv = [...(deno ? [] : process.execArgv), script, ...args];
   }
-  return spawn(cmd, argv, { env: options.env, stdio: ["ignore", stdio, stdio] });
+  return spawn(cmd, argv, { env: options.env, stdio: [options.watchParent ? "pipe" : "ignore", stdio, stdio] });
 }
 
 function denoExecutable(): string {

@@ -1,0 +1,436 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ChildProcess } from "node:child_process";
+import { task } from "./task.ts";
+import { DitaskError, fromPlainError, type PlainError, toPlainError, WorkerExitError } from "./errors.ts";
+import { log } from "./log.ts";
+import {
+  entryScript,
+  envSnapshot,
+  exitProcess,
+  getEnv,
+  onTerminate,
+  scriptArgs,
+  spawnScript,
+} from "./runtime.ts";
+import { WsMeshTransport } from "./transport/ws/mod.ts";
+import { parseAddress } from "./transport/ws/protocol.ts";
+
+/** How workers connect. */
+export type Topology = "mesh" | "star" | "alone";
+
+/** Options of {@link Parallel.runner}: DI-engine's `Parallel.runner` parameters, camelCased. */
+export interface ParallelOptions {
+  /** How many worker processes (>= 1). With 1, `main` runs in this process. */
+  nParallelWorkers: number;
+  /** `mesh`: every worker connects to every other; `star`: workers connect to the first one; `alone`: only `attachTo`. @default "mesh" */
+  topology?: Topology;
+  /** `ipc`: WebSocket over Unix domain sockets with random names; `tcp`: TCP ports. @default "ipc" */
+  protocol?: "tcp" | "ipc";
+  /** The host tcp workers bind to. @default "127.0.0.1" */
+  address?: string;
+  /** A base port or one port per worker (tcp). Without it, free ports are picked. DI-engine's base is 50515. */
+  ports?: number | number[];
+  /** Addresses every local worker also dials: `tcp://host:port`, `ws://`, `wss://`, `ipc:///path`. */
+  attachTo?: string[];
+  /** A first node id or one id per worker. @default 0 */
+  nodeIds?: number | number[];
+  /** Labels of every worker (`task.router.labels`). */
+  labels?: Iterable<string>;
+  /** The message transport: `ws` (the mesh; `nng` is an alias for DI-engine configs) or `redis`. @default "ws" */
+  mqType?: "ws" | "nng" | "redis";
+  /** Redis host (`mqType: "redis"`). */
+  redisHost?: string;
+  /** Redis port (`mqType: "redis"`). */
+  redisPort?: number;
+  /** Re-run `main` after it throws, up to `maxRetries` times. @default false */
+  autoRecover?: boolean;
+  /** How often `autoRecover` may re-run `main`. @default Infinity */
+  maxRetries?: number;
+  /** Accepted for DI-engine configs; the mesh needs no start-up delay, so it has no effect. */
+  startupInterval?: number;
+  /** Largest frame a node accepts, in bytes. @default 268435456 */
+  maxPayload?: number;
+  /** How long a worker waits for its peers at start-up, in ms. @default 60000 */
+  connectTimeout?: number;
+}
+
+/** What one worker is told: its node id, where it listens, whom it dials and waits for. */
+export interface WorkerPlan {
+  nodeId: number;
+  localId: number;
+  listen: string;
+  dial: string[];
+  expect: number[];
+  labels: string[];
+  autoRecover: boolean;
+  maxRetries: number;
+  maxPayload?: number;
+  connectTimeout?: number;
+  errorFile?: string;
+}
+
+/** The environment variable that carries a worker's {@link WorkerPlan}. */
+export const WORKER_ENV = "DITASK_WORKER";
+/** The environment variable that tells a worker its node id (for user code). */
+export const NODE_ID_ENV = "DITASK_NODE_ID";
+/** DI-engine's first tcp port. */
+export const DEFAULT_PORT_BASE = 50515;
+
+/**
+ * DI-engine's `padding_param`: a number `v` becomes `v, v+1, ... v+n-1`; a one-element list is
+ * treated as its element; `undefined` starts at `start`; another list is kept as it is.
+ */
+export function padParam(value: number | number[] | undefined, n: number, start: number): number[] {
+  if (Array.isArray(value) && value.length === 1) value = value[0];
+  if (value === undefined) value = start;
+  if (typeof value === "number") return Array.from({ length: n }, (_, i) => (value as number) + i);
+  return [...value];
+}
+
+function checkInt(name: string, v: unknown, min: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+    throw new RangeError(`Invalid ${name} ${JSON.stringify(v)}: expected an integer >= ${min}`);
+  }
+  return v;
+}
+
+/**
+ * Check options and fill in defaults.
+ *
+ * @throws {TypeError} For a value of the wrong kind (unknown topology, protocol, bad address).
+ * @throws {RangeError} For a number out of range or a list of the wrong length.
+ * @throws {DitaskError} For `mqType: "redis"` (not available yet).
+ */
+export function normalizeOptions(options: ParallelOptions): Required<
+  Pick<ParallelOptions, "topology" | "protocol" | "address" | "attachTo" | "autoRecover" | "maxRetries">
+> & ParallelOptions & { nodeIds: number[]; labels: string[] } {
+  if (typeof options !== "object" || options === null) throw new TypeError("Parallel.runner needs an options object");
+  const n = checkInt("nParallelWorkers", options.nParallelWorkers, 1);
+  const topology = options.topology ?? "mesh";
+  if (!["mesh", "star", "alone"].includes(topology)) {
+    throw new TypeError(`Unknown topology ${JSON.stringify(topology)}: expected "mesh", "star" or "alone"`);
+  }
+  const protocol = options.protocol ?? "ipc";
+  if (protocol !== "tcp" && protocol !== "ipc") {
+    throw new TypeError(`Unknown protocol ${JSON.stringify(protocol)}: expected "tcp" or "ipc"`);
+  }
+  const mqType = options.mqType ?? "ws";
+  if (mqType === "redis") {
+    throw new DitaskError('mqType "redis" is not available yet: use "ws" (the WebSocket mesh)', {
+      code: "ERR_DITASK_NOT_SUPPORTED",
+    });
+  }
+  if (mqType !== "ws" && mqType !== "nng") {
+    throw new TypeError(`Unknown mqType ${JSON.stringify(mqType)}: expected "ws", "nng" or "redis"`);
+  }
+  const nodeIds = padParam(options.nodeIds, n, 0);
+  nodeIds.forEach((id) => checkInt("node id", id, 0));
+  if (nodeIds.length !== n) {
+    throw new RangeError(`Invalid nodeIds: ${nodeIds.length} ids for ${n} workers`);
+  }
+  if (new Set(nodeIds).size !== n) throw new RangeError(`Invalid nodeIds ${JSON.stringify(nodeIds)}: ids repeat`);
+  if (options.ports !== undefined) {
+    const ports = padParam(options.ports, n, DEFAULT_PORT_BASE);
+    ports.forEach((p) => {
+      if (!Number.isInteger(p) || p < 1 || p > 65535) throw new RangeError(`Invalid port ${JSON.stringify(p)}: expected 1-65535`);
+    });
+    if (protocol === "tcp" && ports.length !== n) {
+      throw new RangeError(`Invalid ports: ${ports.length} ports for ${n} workers`);
+    }
+  }
+  const attachTo = [...(options.attachTo ?? [])];
+  attachTo.forEach((a) => parseAddress(a));
+  const labels = [...(options.labels ?? [])];
+  if (!labels.every((l) => typeof l === "string")) throw new TypeError("Invalid labels: expected strings");
+  const maxRetries = options.maxRetries ?? Infinity;
+  if (typeof maxRetries !== "number" || maxRetries < 0 || Number.isNaN(maxRetries)) {
+    throw new RangeError(`Invalid maxRetries ${JSON.stringify(maxRetries)}: expected a number >= 0`);
+  }
+  if (options.startupInterval !== undefined && !(options.startupInterval >= 0)) {
+    throw new RangeError(`Invalid startupInterval ${JSON.stringify(options.startupInterval)}: expected a number >= 0`);
+  }
+  return {
+    ...options,
+    topology,
+    protocol,
+    address: options.address ?? "127.0.0.1",
+    attachTo,
+    autoRecover: options.autoRecover ?? false,
+    maxRetries,
+    nodeIds,
+    labels,
+  };
+}
+
+/**
+ * Compute every worker's plan (DI-engine's `_nng_args_parser`): worker `i` listens on its own
+ * address and dials `mesh`: workers `0..i-1`; `star`: worker 0; `alone`: nobody, each plus
+ * `attachTo`. A worker waits for every local peer its topology connects it to.
+ *
+ * @param options Normalised options.
+ * @param where `dir` for ipc sockets and error files; `ports` for tcp when none were given.
+ */
+export function planWorkers(
+  options: ReturnType<typeof normalizeOptions>,
+  where: { dir: string; ports?: number[] },
+): WorkerPlan[] {
+  const n = options.nParallelWorkers;
+  const ids = options.nodeIds;
+  const ports = options.ports !== undefined ? padParam(options.ports, n, DEFAULT_PORT_BASE) : where.ports;
+  const listen = ids.map((id, i) => {
+    if (options.protocol === "ipc") return `ipc://${join(where.dir, `node_${id}.ipc`)}`;
+    const port = ports?.[i];
+    if (port === undefined) throw new RangeError(`No port for worker ${i}`);
+    const host = options.address.includes(":") ? `[${options.address}]` : options.address;
+    return `tcp://${host}:${port}`;
+  });
+  // Local peers are dialed on loopback when the bind address is a wildcard.
+  const dialable = listen.map((a) => a.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://[::]:", "tcp://[::1]:"));
+  return ids.map((nodeId, i) => {
+    let dial: string[];
+    let expect: number[];
+    if (options.topology === "mesh") {
+      dial = dialable.slice(0, i);
+      expect = ids.filter((id) => id !== nodeId);
+    } else if (options.topology === "star") {
+      dial = i === 0 ? [] : [dialable[0]!];
+      expect = i === 0 ? ids.slice(1) : [ids[0]!];
+    } else {
+      dial = [];
+      expect = [];
+    }
+    const plan: WorkerPlan = {
+      nodeId,
+      localId: i,
+      listen: listen[i]!,
+      dial: [...dial, ...options.attachTo],
+      expect,
+      labels: options.labels,
+      autoRecover: options.autoRecover,
+      maxRetries: options.maxRetries,
+      errorFile: join(where.dir, `error_${nodeId}.json`),
+    };
+    if (options.maxPayload !== undefined) plan.maxPayload = options.maxPayload;
+    if (options.connectTimeout !== undefined) plan.connectTimeout = options.connectTimeout;
+    return plan;
+  });
+}
+
+/** Find `n` free tcp ports on `host` (bound and released at once). */
+async function freePorts(n: number, host: string): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+        const s = createServer();
+        s.once("error", reject);
+        s.listen(0, host, () => resolve(s));
+      })),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+/** A `main` function and its arguments. */
+export type MainFn<A extends unknown[]> = (...args: A) => unknown;
+
+async function supervise<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<void> {
+  for (;;) {
+    try {
+      await main(...args);
+      return;
+    } catch (err) {
+      if (plan.autoRecover && task.router.retries < plan.maxRetries) {
+        task.router.retries++;
+        log.warn(`node ${plan.nodeId}: main failed, restarting it (retry ${task.router.retries}):`, err);
+        task.stop();
+        continue;
+      }
+      if (plan.autoRecover) log.error(`node ${plan.nodeId}: main failed and the max retries (${plan.maxRetries}) are used up`);
+      throw err;
+    } finally {
+      task.router.endStartup();
+    }
+  }
+}
+
+/** Run `main` as the node `plan` describes, in this process. */
+async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<void> {
+  const opts: ConstructorParameters<typeof WsMeshTransport>[0] = {
+    nodeId: plan.nodeId,
+    listen: plan.listen,
+    dial: plan.dial,
+    expect: plan.expect,
+    labels: plan.labels,
+  };
+  if (plan.maxPayload !== undefined) opts.maxPayload = plan.maxPayload;
+  if (plan.connectTimeout !== undefined) opts.connectTimeout = plan.connectTimeout;
+  const transport = new WsMeshTransport(opts);
+  task.router.retries = 0;
+  task.router.attach(transport, { labels: plan.labels });
+  try {
+    await transport.open();
+    await supervise(plan, main, args);
+  } finally {
+    task.stop();
+    await task.router.detach();
+  }
+}
+
+async function runWorker<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<never> {
+  if (getEnv("DITASK_WATCH_PARENT") === "1") {
+    // The launcher holds our stdin: when it dies (even by SIGKILL), stdin ends and so do we.
+    process.stdin.on("end", () => exitProcess(1));
+    process.stdin.on("error", () => exitProcess(1));
+    process.stdin.resume();
+  }
+  try {
+    await runNode(plan, main, args);
+  } catch (err) {
+    log.error(`node ${plan.nodeId}: main failed:`, err);
+    if (plan.errorFile) {
+      try {
+        writeFileSync(plan.errorFile, JSON.stringify(toPlainError(err, plan.nodeId)));
+      } catch {
+        // The launcher still sees the exit code.
+      }
+    }
+    return exitProcess(1);
+  }
+  return exitProcess(0);
+}
+
+function describeExit(nodeId: number, code: number | null, signal: string | null, plain?: PlainError): string {
+  if (plain) return `Worker ${nodeId} failed: ${plain.message}`;
+  if (signal) return `Worker ${nodeId} was killed by ${signal}`;
+  return `Worker ${nodeId} exited with code ${code}`;
+}
+
+async function launch(dir: string, plans: WorkerPlan[]): Promise<void> {
+  const script = entryScript();
+  const args = scriptArgs();
+  const base = envSnapshot();
+  const children: Array<{ plan: WorkerPlan; child: ChildProcess; exit: Promise<[number | null, string | null]> }> = [];
+  let interrupted: "SIGINT" | "SIGTERM" | undefined;
+  const killAll = (sig: NodeJS.Signals) => {
+    for (const c of children) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill(sig);
+  };
+  const offSignals = onTerminate((sig) => {
+    interrupted = sig;
+    killAll("SIGTERM");
+  });
+  for (const plan of plans) {
+    const env = { ...base, [WORKER_ENV]: JSON.stringify(plan), [NODE_ID_ENV]: String(plan.nodeId), DITASK_WATCH_PARENT: "1" };
+    const child = spawnScript(script, args, { env, watchParent: true });
+    const exit = new Promise<[number | null, string | null]>((resolve) => {
+      child.once("exit", (code, signal) => resolve([code, signal]));
+      child.once("error", (err) => {
+        log.error(`cannot start worker ${plan.nodeId}:`, err.message);
+        resolve([127, null]);
+      });
+    });
+    children.push({ plan, child, exit });
+  }
+  // The first failure stops the others; then every worker is waited for.
+  let failure: WorkerExitError | undefined;
+  let graceTimer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.all(
+    children.map(async ({ plan, exit }) => {
+      const [code, signal] = await exit;
+      if (code === 0 || failure || interrupted) return;
+      let plain: PlainError | undefined;
+      try {
+        plain = JSON.parse(readFileSync(plan.errorFile!, "utf8")) as PlainError;
+      } catch {
+        plain = undefined;
+      }
+      const errOpts: ConstructorParameters<typeof WorkerExitError>[1] = { nodeId: plan.nodeId, exitCode: code, signal };
+      if (plain) errOpts.cause = fromPlainError(plain);
+      failure = new WorkerExitError(describeExit(plan.nodeId, code, signal, plain), errOpts);
+      killAll("SIGTERM");
+      graceTimer = setTimeout(() => killAll("SIGKILL"), 5000);
+    }),
+  );
+  if (graceTimer) clearTimeout(graceTimer);
+  offSignals();
+  rmSync(dir, { recursive: true, force: true });
+  if (interrupted) {
+    log.warn(`interrupted by ${interrupted}: all workers stopped`);
+    exitProcess(interrupted === "SIGINT" ? 130 : 143);
+  }
+  if (failure) throw failure;
+}
+
+/**
+ * DI-engine's `Parallel`: run `main` in several processes that talk through `task` events.
+ *
+ * @example The seed's third example
+ * ```ts
+ * async function main() {
+ *   await task.start({}, async () => {
+ *     if (task.router.nodeId === 0) {
+ *       task.on("greeting", (msg) => console.log(`Get msg: ${msg}`));
+ *       await task.waitFor("greeting");
+ *     } else task.emit("greeting", "Hi");
+ *   });
+ * }
+ * await Parallel.runner({ nParallelWorkers: 2 })(main);
+ * ```
+ */
+export class Parallel {
+  /**
+   * Make a runner: `await Parallel.runner(options)(main, ...args)`.
+   *
+   * The launching process starts `nParallelWorkers` workers by running the same script again; in
+   * each, `main(...args)` runs as one node with `task.router` active, and the process ends when
+   * `main` returns (code after the runner call runs only in the launcher). With one worker, `main`
+   * runs in this process. The runner resolves when every worker ended well.
+   *
+   * @throws {TypeError|RangeError|DitaskError} At once, for invalid options.
+   * @throws {WorkerExitError} (rejects) When a worker throws, exits with a non-zero code or is
+   *   killed; its `nodeId` names the worker and its `cause` is a `RemoteError` with the original
+   *   message. The other workers are stopped.
+   */
+  static runner(options: ParallelOptions): <A extends unknown[]>(main: MainFn<A>, ...args: A) => Promise<void> {
+    const opts = normalizeOptions(options);
+    return async <A extends unknown[]>(main: MainFn<A>, ...args: A): Promise<void> => {
+      if (typeof main !== "function") throw new TypeError("Parallel.runner(...)(main): main must be a function");
+      const raw = getEnv(WORKER_ENV);
+      if (raw !== undefined) {
+        let plan: WorkerPlan;
+        try {
+          plan = JSON.parse(raw) as WorkerPlan;
+        } catch {
+          throw new DitaskError(`Invalid ${WORKER_ENV}: not JSON`, { code: "ERR_DITASK_WORKER_ENV" });
+        }
+        await runWorker(plan, main, args);
+        return;
+      }
+      const n = opts.nParallelWorkers;
+      const dir = mkdtempSync(join(tmpdir(), "ditask-"));
+      try {
+        const ports = opts.protocol === "tcp" && opts.ports === undefined ? await freePorts(n, opts.address) : undefined;
+        const plans = planWorkers(opts, ports ? { dir, ports } : { dir });
+        if (n === 1) {
+          try {
+            await runNode(plans[0]!, main, args);
+          } catch (err) {
+            throw new WorkerExitError(`Worker ${plans[0]!.nodeId} failed: ${(err as Error)?.message ?? String(err)}`, {
+              nodeId: plans[0]!.nodeId,
+              exitCode: null,
+              signal: null,
+              cause: err,
+            });
+          }
+          return;
+        }
+        await launch(dir, plans);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+  }
+}
