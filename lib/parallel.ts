@@ -15,7 +15,7 @@ import {
   scriptArgs,
   spawnScript,
 } from "./runtime.ts";
-import { WsMeshTransport } from "./transport/ws/mod.ts";
+import { createTransport } from "./transport/mod.ts";
 import { parseAddress } from "./transport/ws/protocol.ts";
 
 /** How workers connect. */
@@ -61,6 +61,9 @@ export interface ParallelOptions {
 export interface WorkerPlan {
   nodeId: number;
   localId: number;
+  mqType: "ws" | "nng" | "redis";
+  redisHost?: string;
+  redisPort?: number;
   listen: string;
   dial: string[];
   expect: number[];
@@ -205,6 +208,7 @@ export function planWorkers(
     const plan: WorkerPlan = {
       nodeId,
       localId: i,
+      mqType: options.mqType ?? "ws",
       listen: listen[i]!,
       dial: [...dial, ...options.attachTo],
       expect,
@@ -214,6 +218,8 @@ export function planWorkers(
       errorFile: join(where.dir, `error_${nodeId}.json`),
     };
     if (options.maxPayload !== undefined) plan.maxPayload = options.maxPayload;
+    if (options.redisHost !== undefined) plan.redisHost = options.redisHost;
+    if (options.redisPort !== undefined) plan.redisPort = options.redisPort;
     if (options.connectTimeout !== undefined) plan.connectTimeout = options.connectTimeout;
     return plan;
   });
@@ -259,16 +265,7 @@ async function supervise<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>,
 
 /** Run `main` as the node `plan` describes, in this process. */
 async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<void> {
-  const opts: ConstructorParameters<typeof WsMeshTransport>[0] = {
-    nodeId: plan.nodeId,
-    listen: plan.listen,
-    dial: plan.dial,
-    expect: plan.expect,
-    labels: plan.labels,
-  };
-  if (plan.maxPayload !== undefined) opts.maxPayload = plan.maxPayload;
-  if (plan.connectTimeout !== undefined) opts.connectTimeout = plan.connectTimeout;
-  const transport = new WsMeshTransport(opts);
+  const transport = createTransport(plan);
   task.router.retries = 0;
   task.router.attach(transport, { labels: plan.labels });
   try {

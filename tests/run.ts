@@ -4,6 +4,9 @@ import "./_defer.ts";
 import "./events.test.ts";
 import "./context.test.ts";
 import "./task.test.ts";
+import "./platform.test.ts";
+import "./transport/memory.test.ts";
+import "./transport/ws_mesh.test.ts";
 import { runQueued } from "./_runner.ts";
 
 await runQueued();

@@ -103,8 +103,8 @@ export class WsMeshTransport implements Transport {
     }
     this.nodeId = options.nodeId;
     this.labels = options.labels ?? [];
-    this.#listen = options.listen === undefined ? undefined : parseAddress(options.listen);
-    this.#dial = (options.dial ?? []).map(parseAddress);
+    this.#listen = options.listen === undefined ? undefined : parseAddress(options.listen, { listen: true });
+    this.#dial = (options.dial ?? []).map((a) => parseAddress(a));
     this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#connectTimeout = options.connectTimeout ?? 60_000;

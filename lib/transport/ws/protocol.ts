@@ -59,6 +59,11 @@ export type Frame = HelloFrame | EventsFrame;
 // Byte strings decode as views into the received message (no copy).
 const envelope = createCborCodec({ tagUint8Array: false });
 
+/** A plain `Uint8Array` view of the same bytes (Node decodes byte strings as `Buffer`s). */
+export function toBytes(b: Uint8Array): Uint8Array {
+  return b.constructor === Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
 function isNodeId(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
@@ -107,7 +112,7 @@ export function parseFrame(bytes: Uint8Array): Frame | string {
       if (!isNodeId(from)) return "EVENT sender is not an integer >= 0";
       if (typeof topic !== "string") return "EVENT topic is not a string";
       if (!(payload instanceof Uint8Array)) return "EVENT payload is not a byte string";
-      return { kind: FRAME_EVENT, seq: seq as number, from, items: [topic, payload] };
+      return { kind: FRAME_EVENT, seq: seq as number, from, items: [topic, toBytes(payload)] };
     }
     case FRAME_BATCH: {
       const [, seq, from, items] = v;
@@ -117,6 +122,7 @@ export function parseFrame(bytes: Uint8Array): Frame | string {
       if (!Array.isArray(items) || items.length === 0 || items.length % 2 !== 0) return "BATCH items are not topic/payload pairs";
       for (let i = 0; i < items.length; i += 2) {
         if (typeof items[i] !== "string" || !(items[i + 1] instanceof Uint8Array)) return "BATCH items are not topic/payload pairs";
+        items[i + 1] = toBytes(items[i + 1]);
       }
       return { kind: FRAME_EVENT, seq: seq as number, from, items };
     }
@@ -134,9 +140,10 @@ export type Address =
  * Parse a peer address: `tcp://host:port` (DI-engine's form), `ws://host:port`,
  * `wss://host:port` or `ipc:///path/to.sock`.
  *
+ * @param options `listen: true` allows port 0 (pick a free port).
  * @throws {TypeError} If the address has another form; the message quotes it.
  */
-export function parseAddress(addr: string): Address {
+export function parseAddress(addr: string, options: { listen?: boolean } = {}): Address {
   if (typeof addr !== "string") throw new TypeError(`Invalid peer address ${String(addr)}: expected a string`);
   if (addr.startsWith("ipc://")) {
     const path = addr.slice("ipc://".length);
@@ -148,7 +155,8 @@ export function parseAddress(addr: string): Address {
     throw new TypeError(`Invalid peer address "${addr}": expected tcp://host:port, ws://host:port, wss://host:port or ipc:///path`);
   }
   const port = Number(m[3]);
-  if (port < 1 || port > 65535) throw new TypeError(`Invalid peer address "${addr}": port must be 1-65535`);
+  const min = options.listen ? 0 : 1;
+  if (port < min || port > 65535) throw new TypeError(`Invalid peer address "${addr}": port must be ${min}-65535`);
   const host = m[2]!.startsWith("[") ? m[2]!.slice(1, -1) : m[2]!;
   return { kind: "tcp", host, port, tls: m[1] === "wss" };
 }
