@@ -55,6 +55,8 @@ export interface ParallelOptions {
   maxPayload?: number;
   /** How long a worker waits for its peers at start-up, in ms. @default 60000 */
   connectTimeout?: number;
+  /** Prefix each line a worker prints with `[node <id>]` (coloured on a terminal). @default false */
+  outputPrefix?: boolean;
 }
 
 /** What one worker is told: its node id, where it listens, whom it dials and waits for. */
@@ -306,7 +308,25 @@ function describeExit(nodeId: number, code: number | null, signal: string | null
   return `Worker ${nodeId} exited with code ${code}`;
 }
 
-async function launch(dir: string, plans: WorkerPlan[]): Promise<void> {
+const COLOURS = [36, 33, 35, 32, 34, 31, 96, 93, 95, 92, 94, 91];
+
+/** Copy a worker's output to ours, line by line, each line prefixed with its node id. */
+function prefixLines(from: NodeJS.ReadableStream, to: NodeJS.WriteStream, nodeId: number): void {
+  const colour = to.isTTY ? COLOURS[nodeId % COLOURS.length] : undefined;
+  const prefix = colour ? `\x1b[${colour}m[node ${nodeId}]\x1b[0m ` : `[node ${nodeId}] `;
+  let rest = "";
+  from.setEncoding("utf8");
+  from.on("data", (chunk: string) => {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    if (lines.length > 0) to.write(lines.map((l) => prefix + l + "\n").join(""));
+  });
+  from.on("end", () => {
+    if (rest) to.write(prefix + rest + "\n");
+  });
+}
+
+async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): Promise<void> {
   const script = entryScript();
   const args = scriptArgs();
   const base = envSnapshot();
@@ -321,9 +341,14 @@ async function launch(dir: string, plans: WorkerPlan[]): Promise<void> {
   });
   for (const plan of plans) {
     const env = { ...base, [WORKER_ENV]: JSON.stringify(plan), [NODE_ID_ENV]: String(plan.nodeId), DITASK_WATCH_PARENT: "1" };
-    const child = spawnScript(script, args, { env, watchParent: true });
+    const child = spawnScript(script, args, { env, watchParent: true, stdio: outputPrefix ? "pipe" : "inherit" });
+    if (outputPrefix) {
+      prefixLines(child.stdout!, process.stdout, plan.nodeId);
+      prefixLines(child.stderr!, process.stderr, plan.nodeId);
+    }
     const exit = new Promise<[number | null, string | null]>((resolve) => {
-      child.once("exit", (code, signal) => resolve([code, signal]));
+      // "close" comes after the output pipes are drained, so no line is cut off.
+      child.once("close", (code, signal) => resolve([code, signal]));
       child.once("error", (err) => {
         log.error(`cannot start worker ${plan.nodeId}:`, err.message);
         resolve([127, null]);
@@ -424,7 +449,7 @@ export class Parallel {
           }
           return;
         }
-        await launch(dir, plans);
+        await launch(dir, plans, opts.outputPrefix ?? false);
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
