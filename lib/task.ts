@@ -191,7 +191,8 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       (event) => this.router.taskListenerAdded(event),
     );
     router.bindTask({
-      has: (event) => this.#running && this.#bus.has(event),
+      // "finish" is always wanted while running: it ends run() (DI-engine's finish propagation).
+      has: (event) => this.#running && (event === "finish" || this.#bus.has(event)),
       deliver: (event, args) => {
         if (!this.#running) return;
         if (event === "finish") this.#finish = args[0] !== false;
@@ -228,6 +229,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     this.#labels = new Set(options.labels ?? []);
     if (this.#asyncMode) this.#labels.add("async");
     if (this.router.isActive) {
+      this.router.taskInterest("finish", true);
       this.#labels.add("distributed");
       this.#labels.add(`node.${this.router.nodeId}`);
       for (const l of this.router.labels) this.#labels.add(l);
@@ -260,6 +262,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     for (const reject of [...this.#waiters]) reject(err);
     this.#waiters.clear();
     for (const event of this.#bus.events()) this.router.taskInterest(event, false);
+    this.router.taskInterest("finish", false);
     this.#bus.clear();
     this.#middleware = [];
     this.#wrappers = [];
@@ -363,7 +366,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   /** Remove `fn` from `event`, or every listener of `event` when `fn` is omitted. */
   off<K extends keyof E & string>(event: K, fn?: Listener<E[K]>): void {
     this.#bus.off(event, fn as unknown as Listener | undefined);
-    if (!this.#bus.has(event)) this.router.taskInterest(event, false);
+    if (!this.#bus.has(event) && event !== "finish") this.router.taskInterest(event, false);
   }
 
   /**

@@ -1,0 +1,79 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import {
+  encodeBatch,
+  encodeEvent,
+  encodeHello,
+  FRAME_EVENT,
+  FRAME_HELLO,
+  parseAddress,
+  parseFrame,
+  PROTOCOL_VERSION,
+  dialUrl,
+  formatAddress,
+} from "../lib/transport/ws/protocol.ts";
+
+const P = suite("protocol");
+
+P("HELLO round-trips; its bytes are the documented CBOR array", () => {
+  const bytes = encodeHello(3, ["a"]);
+  // [0, 1, 3, ["a"]]: array(4), 0, 1, 3, array(1), text(1) "a"
+  assert.equal([...bytes], [0x84, 0x00, PROTOCOL_VERSION, 0x03, 0x81, 0x61, 0x61]);
+  assert.equal(parseFrame(bytes), { kind: FRAME_HELLO, version: PROTOCOL_VERSION, nodeId: 3, labels: ["a"] });
+});
+
+P("EVENT carries seq, sender, topic and the payload bytes", () => {
+  const f = parseFrame(encodeEvent(7, 2, "task.x", new Uint8Array([1, 2])));
+  assert.equal(f, { kind: FRAME_EVENT, seq: 7, from: 2, items: ["task.x", new Uint8Array([1, 2])] });
+  // Hand-built: [1, 1, 0, "t", h'09']
+  const hand = new Uint8Array([0x85, 0x01, 0x01, 0x00, 0x61, 0x74, 0x41, 0x09]);
+  assert.equal(parseFrame(hand), { kind: FRAME_EVENT, seq: 1, from: 0, items: ["t", new Uint8Array([9])] });
+});
+
+P("BATCH parses into topic/payload pairs", () => {
+  const f = parseFrame(encodeBatch(5, 1, ["a", new Uint8Array([1]), "b", new Uint8Array([2])]));
+  assert.equal(f, { kind: FRAME_EVENT, seq: 5, from: 1, items: ["a", new Uint8Array([1]), "b", new Uint8Array([2])] });
+});
+
+P("bad frames are reported, never thrown", () => {
+  const cases: Array<[number[], RegExp]> = [
+    [[0xff], /malformed CBOR/],
+    [[0x85, 0x01], /malformed CBOR/], // truncated
+    [[0x05], /not a CBOR array/],
+    [[0x80], /not a CBOR array/],
+    [[0x81, 0x09], /unknown frame kind 9/],
+    [[0x83, 0x00, 0x01, 0x02], /HELLO must have 4 items/],
+    [[0x84, 0x00, 0x01, 0x20, 0x80], /node id/], // node id -1
+    [[0x84, 0x00, 0x01, 0x01, 0x81, 0x01], /labels/],
+    [[0x85, 0x01, 0x00, 0x00, 0x61, 0x74, 0x40], /seq/], // seq 0
+    [[0x85, 0x01, 0x01, 0x00, 0x01, 0x40], /topic/],
+    [[0x85, 0x01, 0x01, 0x00, 0x61, 0x74, 0x01], /payload/],
+    [[0x84, 0x02, 0x01, 0x00, 0x81, 0x61, 0x74], /pairs/],
+  ];
+  for (const [bytes, re] of cases) {
+    const r = parseFrame(new Uint8Array(bytes));
+    assert.type(r, "string", `bytes ${bytes}`);
+    assert.match(r as string, re);
+  }
+});
+
+P("parseAddress() accepts tcp, ws, wss, ipc and IPv6; rejects the rest with TypeError", () => {
+  assert.equal(parseAddress("tcp://127.0.0.1:50515"), { kind: "tcp", host: "127.0.0.1", port: 50515, tls: false });
+  assert.equal(parseAddress("ws://host-1:80"), { kind: "tcp", host: "host-1", port: 80, tls: false });
+  assert.equal(parseAddress("wss://h:443"), { kind: "tcp", host: "h", port: 443, tls: true });
+  assert.equal(parseAddress("tcp://[::1]:9"), { kind: "tcp", host: "::1", port: 9, tls: false });
+  assert.equal(parseAddress("ipc:///tmp/x.ipc"), { kind: "ipc", path: "/tmp/x.ipc" });
+  assert.equal(parseAddress("tcp://h:0", { listen: true }), { kind: "tcp", host: "h", port: 0, tls: false });
+  for (const bad of ["", "h:1", "tcp://h", "tcp://h:0", "tcp://h:70000", "http://h:1", "ipc://rel.ipc"]) {
+    assert.throws(() => parseAddress(bad), (e: unknown) => e instanceof TypeError && (e as Error).message.includes(`"${bad}"`), bad);
+  }
+});
+
+P("dialUrl() and formatAddress()", () => {
+  assert.is(dialUrl(parseAddress("tcp://[::1]:9")), "ws://[::1]:9/");
+  assert.is(dialUrl(parseAddress("ipc:///tmp/a.ipc")), "ws+unix:///tmp/a.ipc:/");
+  assert.is(formatAddress(parseAddress("ws://h:1")), "tcp://h:1");
+  assert.is(formatAddress(parseAddress("wss://h:1")), "wss://h:1");
+});
+
+P.run();
