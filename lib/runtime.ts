@@ -2,6 +2,9 @@
 // Deno (process spawning, exit, environment, the entry script) goes through here.
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { DitaskError } from "./errors.ts";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 
 interface DenoLike {
   execPath(): string;
@@ -91,8 +94,12 @@ export function spawnScript(script: string, args: string[], options: SpawnScript
   return spawn(cmd, argv, { env: options.env, stdio: [options.watchParent ? "pipe" : "ignore", stdio, stdio] });
 }
 
+/** The Deno binary for a Node process that starts Deno: `DITASK_DENO`, the npm `deno` package, or PATH. */
 function denoExecutable(): string {
-  return getEnv("DITASK_DENO") ?? "deno";
+  const env = getEnv("DITASK_DENO");
+  if (env) return env;
+  const local = join(process.cwd(), "node_modules", ".bin", "deno");
+  return existsSync(local) ? local : "deno";
 }
 
 /** End this process with `code`. */
@@ -116,4 +123,52 @@ export function onTerminate(fn: (signal: "SIGINT" | "SIGTERM") => void): () => v
     process.off("SIGINT", int);
     process.off("SIGTERM", term);
   };
+}
+
+let typeScriptReady: Promise<"native" | "tsx"> | undefined;
+
+/**
+ * Make `import()` of TypeScript files (`.ts`, `.mts`, `.cts`, `.tsx`) work in this process. Deno
+ * runs TypeScript itself, and so does a Node that strips types (`process.features.typescript`,
+ * Node 22.18+); on Node 20 the loader of the npm package `tsx` is registered in-process with
+ * `node:module` `register()` (through `tsx/esm/api` and `tsx/cjs/api`). Workers re-run the entry script, which calls
+ * this again, so nothing has to be added to `execArgv`. Calling it again does nothing more.
+ *
+ * @returns `"native"` when the runtime runs TypeScript by itself, `"tsx"` when the tsx loader was registered.
+ * @throws {DitaskError} (rejects, code `"ERR_DITASK_NO_TYPESCRIPT"`) If Node needs tsx and it
+ *   cannot be loaded (not installed, or a Node without `module.register`).
+ *
+ * @example Import a TypeScript module on Node 20 and on Deno
+ * ```ts
+ * await enableTypeScriptImports();
+ * const mod = await import(pathToFileURL("app.ts").href);
+ * ```
+ */
+export function enableTypeScriptImports(): Promise<"native" | "tsx"> {
+  typeScriptReady ??= (async () => {
+    if (deno) return "native";
+    const features = process.features as { typescript?: string | false };
+    if (features.typescript) return "native";
+    // Computed specifiers, so neither tsc nor Deno needs tsx unless these lines run. Both hooks:
+    // a .ts file outside a `"type": "module"` package is CommonJS to Node, and goes through the
+    // CommonJS loader even when it is imported.
+    const specifiers = ["cjs", "esm"].map((kind) => ["tsx", kind, "api"].join("/"));
+    try {
+      for (const specifier of specifiers) {
+        const api = (await import(specifier)) as { register(): unknown };
+        api.register();
+      }
+      return "tsx";
+    } catch (err) {
+      typeScriptReady = undefined;
+      const detail = (err as { code?: string }).code === "ERR_MODULE_NOT_FOUND"
+        ? 'the "tsx" package is not installed (npm install tsx)'
+        : `the "tsx" loader failed (${(err as Error)?.message ?? String(err)})`;
+      throw new DitaskError(`Cannot run TypeScript on Node ${process.version}: ${detail}`, {
+        code: "ERR_DITASK_NO_TYPESCRIPT",
+        cause: err,
+      });
+    }
+  })();
+  return typeScriptReady;
 }

@@ -68,6 +68,9 @@ export function runScript(
       child.kill("SIGTERM");
       setTimeout(() => child.kill("SIGKILL"), 2000).unref?.();
     }, timeoutMs);
+    child.on("error", (err) => {
+      stderr += `\n[test] cannot start: ${err.message}`;
+    });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       live.delete(child);
@@ -84,3 +87,29 @@ export function killAll(): void {
 
 /** The runtime of this test run. */
 export { runtimeKey };
+
+/** Free tcp ports on 127.0.0.1 (bound and released; consecutive ports are not promised). */
+export async function freePorts(n: number): Promise<number[]> {
+  const { createServer } = await import("node:net");
+  const servers = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<import("node:net").Server>((resolve, reject) => {
+        const s = createServer();
+        s.once("error", reject);
+        s.listen(0, "127.0.0.1", () => resolve(s));
+      })),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+/** Whether a process with this PID is alive. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -85,6 +85,7 @@ export class WsMeshTransport implements Transport {
   #wss: WebSocketServer | undefined;
   #address: string | undefined;
   #peers = new Map<number, Link>();
+  #seen = new Set<number>();
   #links = new Set<Link>();
   #msg = new Set<(m: TransportMessage) => void>();
   #peer = new Set<(e: PeerEvent) => void>();
@@ -188,7 +189,9 @@ export class WsMeshTransport implements Transport {
   }
 
   #waitExpected(deadline: number): Promise<void> {
-    const missing = () => this.#expect.filter((id) => !this.#peers.has(id));
+    // A peer that connected and already left counts: it was there, and waiting for it again
+    // would hang a node whose faster peer finished first.
+    const missing = () => this.#expect.filter((id) => !this.#seen.has(id));
     if (missing().length === 0) return Promise.resolve();
     return new Promise((resolve, reject) => {
       const check = () => {
@@ -316,6 +319,7 @@ export class WsMeshTransport implements Transport {
     link.peerId = peerId;
     link.labels = labels;
     this.#peers.set(peerId, link);
+    this.#seen.add(peerId);
     log.debug(`node ${this.nodeId}: peer ${peerId} joined (${link.dialed ? "dialed" : "accepted"})`);
     const done = link.onReady;
     link.onReady = undefined;

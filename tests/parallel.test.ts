@@ -1,0 +1,288 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
+import { DitaskError } from "../lib/errors.ts";
+import { alive, freePorts, killAll, runScript, runtimeKey, testPath, withTimeout } from "./_helpers.ts";
+
+const scenarios = testPath("_fixtures/scenarios");
+const run = (name: string, options: object = {}, timeoutMs = 60_000) =>
+  runScript(scenarios, [name, JSON.stringify(options)], { timeoutMs });
+const lines = (s: string) => s.split("\n").filter(Boolean);
+
+const Plan = suite("Parallel options and plans");
+
+Plan("padParam() follows DI-engine's padding_param", () => {
+  assert.equal(padParam(10, 3, 0), [10, 11, 12]);
+  assert.equal(padParam([50515], 3, 0), [50515, 50516, 50517]);
+  assert.equal(padParam(undefined, 2, 50515), [50515, 50516]);
+  assert.equal(padParam([3, 1], 2, 0), [3, 1]);
+});
+
+Plan("mesh: worker i dials workers 0..i-1 plus attachTo and waits for all others", () => {
+  const o = normalizeOptions({ nParallelWorkers: 3, protocol: "tcp", ports: 6000, attachTo: ["tcp://h:1"], nodeIds: 10 });
+  const p = planWorkers(o, { dir: "/tmp/x" });
+  assert.equal(p.map((w) => w.nodeId), [10, 11, 12]);
+  assert.equal(p.map((w) => w.listen), ["tcp://127.0.0.1:6000", "tcp://127.0.0.1:6001", "tcp://127.0.0.1:6002"]);
+  assert.equal(p[2]!.dial, ["tcp://127.0.0.1:6000", "tcp://127.0.0.1:6001", "tcp://h:1"]);
+  assert.equal(p[0]!.dial, ["tcp://h:1"]);
+  assert.equal(p[1]!.expect, [10, 12]);
+});
+
+Plan("star: workers dial worker 0 only; alone: only attachTo; ipc: socket files in the launch dir", () => {
+  const star = planWorkers(normalizeOptions({ nParallelWorkers: 3, topology: "star" }), { dir: "/tmp/d" });
+  assert.equal(star.map((w) => w.dial), [[], ["ipc:///tmp/d/node_0.ipc"], ["ipc:///tmp/d/node_0.ipc"]]);
+  assert.equal(star.map((w) => w.expect), [[1, 2], [0], [0]]);
+  const alone = planWorkers(normalizeOptions({ nParallelWorkers: 2, topology: "alone", attachTo: ["ipc:///s"] }), { dir: "/d" });
+  assert.equal(alone.map((w) => [w.dial, w.expect]), [[["ipc:///s"], []], [["ipc:///s"], []]]);
+});
+
+Plan("bad options throw at once with errors naming the problem", () => {
+  const bad: Array<[object, new (...a: never[]) => Error, RegExp]> = [
+    [{ nParallelWorkers: 0 }, RangeError, /nParallelWorkers/],
+    [{ nParallelWorkers: 1.5 }, RangeError, /nParallelWorkers/],
+    [{ nParallelWorkers: 2, topology: "ring" }, TypeError, /topology "ring"/],
+    [{ nParallelWorkers: 2, protocol: "udp" }, TypeError, /protocol "udp"/],
+    [{ nParallelWorkers: 2, mqType: "zmq" }, TypeError, /mqType "zmq"/],
+    [{ nParallelWorkers: 2, nodeIds: [1, 1] }, RangeError, /repeat/],
+    [{ nParallelWorkers: 3, protocol: "tcp", ports: [1, 2] }, RangeError, /2 ports for 3 workers/],
+    [{ nParallelWorkers: 2, ports: 70000 }, RangeError, /port/],
+    [{ nParallelWorkers: 2, attachTo: ["nowhere"] }, TypeError, /"nowhere"/],
+    [{ nParallelWorkers: 2, maxRetries: -1 }, RangeError, /maxRetries/],
+  ];
+  for (const [o, cls, re] of bad) {
+    assert.throws(() => Parallel.runner(o as never), (e: unknown) => e instanceof cls && re.test((e as Error).message), JSON.stringify(o));
+  }
+  assert.ok(normalizeOptions({ nParallelWorkers: 1, mqType: "nng" }));
+});
+
+const P = suite("Parallel (multi-process)");
+P.after.each(() => killAll());
+
+P("the seed's third example prints Get msg: Hi, 20 runs in 20", async () => {
+  let ok = 0;
+  for (let i = 0; i < 20; i++) {
+    const r = await run("greet");
+    if (r.code === 0 && lines(r.stdout).includes("Get msg: Hi") && lines(r.stdout).includes("launcher done")) ok++;
+    else console.error(r);
+  }
+  assert.is(ok, 20);
+});
+
+P("the seed's example over tcp with free ports", async () => {
+  const r = await run("greet", { protocol: "tcp" });
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("Get msg: Hi"));
+});
+
+P("test_parallel_pipeline: both nodes receive counts", async () => {
+  const r = await run("pipeline");
+  assert.is(r.code, 0, r.stderr);
+  assert.equal(lines(r.stdout).sort(), ["launcher done", "node 0 received some", "node 1 received some"]);
+});
+
+P("test_emit_remote: node 0 receives all 20, node 1 none", async () => {
+  const r = await run("emit_remote");
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 0 received 20"), r.stdout);
+  assert.ok(lines(r.stdout).includes("node 1 received 0"), r.stdout);
+});
+
+P("test_wait_for: every step's waitFor gets the peer's greeting", async () => {
+  const r = await run("wait_for");
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 0 waited 10"), r.stdout);
+  assert.ok(lines(r.stdout).includes("node 1 waited 10"), r.stdout);
+});
+
+P("test_early_stop: a peer's stop() ends node 0's run early", async () => {
+  const r = await run("early_stop");
+  assert.is(r.code, 0, r.stderr);
+  const m = /node 0 totalStep (\d+)/.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  assert.ok(Number(m![1]) < 20, `node 0 ran ${m![1]} steps`);
+  assert.ok(lines(r.stdout).includes("node 1 totalStep 1"));
+});
+
+P("test_broadcast_finish: two launches joined by attachTo all end when node 1 finishes", async () => {
+  const [pa, pb, pc] = await freePorts(3);
+  const a = run("broadcast_finish", { nParallelWorkers: 1, protocol: "tcp", ports: pa, topology: "mesh" }, 20_000);
+  const b = run("broadcast_finish", {
+    nParallelWorkers: 2,
+    protocol: "tcp",
+    topology: "alone",
+    ports: [pb, pc],
+    attachTo: [`tcp://127.0.0.1:${pa}`],
+    nodeIds: [1, 2],
+  }, 20_000);
+  const [ra, rb] = await Promise.all([a, b]);
+  assert.is(ra.code, 0, ra.stderr);
+  assert.is(rb.code, 0, rb.stderr);
+  const steps = [...(ra.stdout + rb.stdout).matchAll(/node (\d) finished at step (\d+)/g)].map((m) => [Number(m[1]), Number(m[2])]);
+  assert.equal(steps.map((s) => s[0]).sort(), [0, 1, 2]);
+  for (const [node, step] of steps) assert.ok(step! < 100, `node ${node} ran ${step} steps`);
+});
+
+P("test_parallel_run: router topics over ipc and over tcp", async () => {
+  for (const protocol of ["ipc", "tcp"]) {
+    const r = await run("parallel_run", { protocol });
+    assert.is(r.code, 0, r.stderr);
+    assert.equal(lines(r.stdout).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"], protocol);
+  }
+});
+
+P("test_uncaught_exception: the runner rejects naming the node and the message; others stop", async () => {
+  const t0 = Date.now();
+  const r = await run("uncaught");
+  assert.is(r.code, 3, r.stderr);
+  assert.match(r.stdout, /launcher error WorkerExitError node=0 code=ERR_DITASK_WORKER_EXIT: Worker 0 failed: uncaught exception/);
+  assert.ok(Date.now() - t0 < 15_000, "the waiting worker was stopped, not waited for");
+});
+
+P("test_disconnected: emits to a peer that left succeed without error", async () => {
+  const r = await run("disconnected");
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 1 emitted 10 after disconnect, peers []"), r.stdout);
+});
+
+P("test_auto_recover: node 1 fails once, is re-run and talks to both peers", async () => {
+  const r = await run("auto_recover", { nParallelWorkers: 3, autoRecover: true, maxRetries: 1 });
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 1 recovered after 1 retries and heard node 2"), r.stdout);
+  assert.ok(lines(r.stdout).includes("node 0 heard recovered_p1 (1)"), r.stdout);
+  const r0 = await run("auto_recover", { nParallelWorkers: 3, autoRecover: true, maxRetries: 0 });
+  assert.is(r0.code, 3);
+  assert.match(r0.stdout, /node=1 .*P1 Error/);
+});
+
+P("topologies connect exactly the pairs they should", async () => {
+  const mesh = await run("topology", { nParallelWorkers: 4, topology: "mesh" });
+  assert.equal(lines(mesh.stdout).filter((l) => l.includes("peers")).sort(), [
+    "node 0 peers [1,2,3]",
+    "node 1 peers [0,2,3]",
+    "node 2 peers [0,1,3]",
+    "node 3 peers [0,1,2]",
+  ]);
+  const star = await run("topology", { nParallelWorkers: 4, topology: "star" });
+  assert.equal(lines(star.stdout).filter((l) => l.includes("peers")).sort(), [
+    "node 0 peers [1,2,3]",
+    "node 1 peers [0]",
+    "node 2 peers [0]",
+    "node 3 peers [0]",
+  ]);
+  const alone = await run("topology", { nParallelWorkers: 2, topology: "alone" });
+  assert.equal(lines(alone.stdout).filter((l) => l.includes("peers")).sort(), ["node 0 peers []", "node 1 peers []"]);
+});
+
+P("no loss under load: 3 workers x 20,000 events to a 4th arrive once and in order", async () => {
+  const r = await run("load", { nParallelWorkers: 4, count: 20_000 }, 90_000);
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 0 got 60000 events, 0 out of order, per sender 20000,20000,20000"), r.stdout);
+});
+
+P("every SPEC payload type arrives with its type and values", async () => {
+  const r = await run("payloads");
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("payload checks 111111111111"), r.stdout);
+});
+
+P("mixed runtimes: a Node launch and a Deno launch joined by attachTo exchange a 1M Float32Array both ways", async () => {
+  const [p0, p1] = await freePorts(2);
+  const node = runtimeKey === "node" ? scenarios : scenarios.replace(/\.ts$/, ".js").replace("/tests/", "/.test-dist/tests/");
+  const deno = runtimeKey === "deno" ? scenarios : scenarios.replace(/\.js$/, ".ts").replace("/.test-dist/tests/", "/tests/");
+  const a = runScript(node, ["mixed", JSON.stringify({ nParallelWorkers: 1, protocol: "tcp", ports: p0, nodeIds: 0 })], {
+    runtime: "node",
+    timeoutMs: 60_000,
+  });
+  const b = runScript(deno, ["mixed", JSON.stringify({
+    nParallelWorkers: 1,
+    protocol: "tcp",
+    ports: p1,
+    nodeIds: 1,
+    attachTo: [`tcp://127.0.0.1:${p0}`],
+  })], { runtime: "deno", timeoutMs: 60_000 });
+  const [ra, rb] = await Promise.all([a, b]);
+  assert.is(ra.code, 0, ra.stderr);
+  assert.is(rb.code, 0, rb.stderr);
+  assert.ok(lines(ra.stdout).includes("node 0 (node) got hello from deno intact=true"), ra.stdout);
+  assert.ok(lines(rb.stdout).includes("node 1 (deno) got hello from node intact=true"), rb.stdout);
+});
+
+P("SIGTERM on the launcher ends every worker", async () => {
+  const { spawnScript } = await import("../lib/runtime.ts");
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+  const child = spawnScript(scenarios, ["hang", JSON.stringify({ nParallelWorkers: 2 })], { env, stdio: "pipe" });
+  let out = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  try {
+    await withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => ([...out.matchAll(/pid (\d+)/g)].length === 2 ? resolve() : setTimeout(check, 10));
+        check();
+      }),
+      20_000,
+      "workers up",
+    );
+    const pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    child.kill("SIGTERM");
+    const code = await withTimeout(exited, 10_000, "launcher exit");
+    // Deno's child_process reports a child that handled SIGTERM and exited 143 as (null, SIGTERM).
+    if (runtimeKey === "node") assert.is(code, 143);
+    await withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => (pids.every((p) => !alive(p)) ? resolve() : setTimeout(check, 10));
+        check();
+      }),
+      10_000,
+      "workers gone",
+    );
+  } finally {
+    child.kill("SIGKILL");
+  }
+});
+
+P("SIGKILL on the launcher: the workers notice and exit", async () => {
+  const { spawnScript } = await import("../lib/runtime.ts");
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+  const child = spawnScript(scenarios, ["hang", JSON.stringify({ nParallelWorkers: 2 })], { env, stdio: "pipe" });
+  let out = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  let pids: number[] = [];
+  try {
+    await withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => ([...out.matchAll(/pid (\d+)/g)].length === 2 ? resolve() : setTimeout(check, 10));
+        check();
+      }),
+      20_000,
+      "workers up",
+    );
+    pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    child.kill("SIGKILL");
+    await withTimeout(
+      new Promise<void>((resolve) => {
+        const check = () => (pids.every((p) => !alive(p)) ? resolve() : setTimeout(check, 10));
+        check();
+      }),
+      10_000,
+      "workers gone",
+    );
+  } finally {
+    for (const p of pids) if (alive(p)) process.kill(p, "SIGKILL");
+  }
+});
+
+P("mqType redis is refused clearly until it exists", () => {
+  try {
+    Parallel.runner({ nParallelWorkers: 1, mqType: "redis" });
+  } catch (e) {
+    assert.ok(e instanceof DitaskError);
+    return;
+  }
+  // Once Redis is available the option is accepted: nothing to check here.
+});
+
+Plan.run();
+P.run();
