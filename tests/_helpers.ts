@@ -1,6 +1,7 @@
 import { runtimeKey } from "../lib/runtime.ts";
 import { spawnScript } from "../lib/runtime.ts";
 import type { ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 
 /** Reject with a clear message if `p` does not settle within `ms`. */
 export function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
@@ -112,4 +113,19 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The repository root (the folder with ditask's package.json), from either test tree. */
+export function repoRoot(): string {
+  let dir = new URL(".", import.meta.url);
+  for (let i = 0; i < 5; i++) {
+    dir = new URL("..", dir);
+    try {
+      const pkg = JSON.parse(readFileSync(new URL("package.json", dir), "utf8"));
+      if (pkg.name === "ditask") return dir.pathname;
+    } catch {
+      // keep looking
+    }
+  }
+  throw new Error("Cannot find the repository root");
 }

@@ -11,6 +11,8 @@ import "./platform.test.ts";
 import "./transport/memory.test.ts";
 import "./transport/ws_mesh.test.ts";
 import "./parallel.test.ts";
+import "./examples.test.ts";
+import "./meta.test.ts";
 import { runQueued } from "./_runner.ts";
 
 await runQueued();
