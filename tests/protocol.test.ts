@@ -1,6 +1,12 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
+  encodeAck,
+  encodeAuth,
+  encodeResume,
+  FRAME_ACK,
+  FRAME_AUTH,
+  FRAME_RESUME,
   encodeBatch,
   encodeEvent,
   encodeHello,
@@ -16,10 +22,28 @@ import {
 const P = suite("protocol");
 
 P("HELLO round-trips; its bytes are the documented CBOR array", () => {
-  const bytes = encodeHello(3, ["a"]);
-  // [0, 1, 3, ["a"]]: array(4), 0, 1, 3, array(1), text(1) "a"
-  assert.equal([...bytes], [0x84, 0x00, PROTOCOL_VERSION, 0x03, 0x81, 0x61, 0x61]);
-  assert.equal(parseFrame(bytes), { kind: FRAME_HELLO, version: PROTOCOL_VERSION, nodeId: 3, labels: ["a"] });
+  const session = "s".repeat(8);
+  const nonce = "n".repeat(16);
+  const bytes = encodeHello(3, ["a"], session, nonce);
+  // [0, 1, 3, ["a"], "ssssssss", "nnnnnnnnnnnnnnnn"]
+  assert.equal(
+    [...bytes],
+    [0x86, 0x00, PROTOCOL_VERSION, 0x03, 0x81, 0x61, 0x61, 0x68, ...Array(8).fill(0x73), 0x70, ...Array(16).fill(0x6e)],
+  );
+  assert.equal(parseFrame(bytes), { kind: FRAME_HELLO, version: PROTOCOL_VERSION, nodeId: 3, labels: ["a"], session, nonce });
+});
+
+P("ACK, AUTH and RESUME round-trip", () => {
+  assert.equal(parseFrame(encodeAck(9)), { kind: FRAME_ACK, seq: 9 });
+  const mac = new Uint8Array(32).fill(7);
+  assert.equal(parseFrame(encodeAuth(mac)), { kind: FRAME_AUTH, mac });
+  assert.equal(parseFrame(encodeResume("abcdefgh", 4)), { kind: FRAME_RESUME, session: "abcdefgh", seq: 4 });
+  assert.match(parseFrame(encodeAuth(new Uint8Array(3))) as string, /32 bytes/);
+});
+
+P("a HELLO of another protocol version parses as such, whatever its layout", () => {
+  const f = parseFrame(new Uint8Array([0x82, 0x00, 0x09]));
+  assert.equal((f as { version: number }).version, 9);
 });
 
 P("EVENT carries seq, sender, topic and the payload bytes", () => {
@@ -42,9 +66,12 @@ P("bad frames are reported, never thrown", () => {
     [[0x05], /not a CBOR array/],
     [[0x80], /not a CBOR array/],
     [[0x81, 0x09], /unknown frame kind 9/],
-    [[0x83, 0x00, 0x01, 0x02], /HELLO must have 4 items/],
-    [[0x84, 0x00, 0x01, 0x20, 0x80], /node id/], // node id -1
-    [[0x84, 0x00, 0x01, 0x01, 0x81, 0x01], /labels/],
+    [[0x83, 0x00, 0x01, 0x02], /HELLO must have 6 items/],
+    [[0x86, 0x00, 0x01, 0x20, 0x80, 0x60, 0x60], /node id/], // node id -1
+    [[0x86, 0x00, 0x01, 0x01, 0x81, 0x01, 0x60, 0x60], /labels/],
+    [[0x86, 0x00, 0x01, 0x01, 0x80, 0x61, 0x73, 0x60], /session/],
+    [[0x82, 0x03, 0x20], /ACK/],
+    [[0x82, 0x05, 0x01], /RESUME/],
     [[0x85, 0x01, 0x00, 0x00, 0x61, 0x74, 0x40], /seq/], // seq 0
     [[0x85, 0x01, 0x01, 0x00, 0x01, 0x40], /topic/],
     [[0x85, 0x01, 0x01, 0x00, 0x61, 0x74, 0x01], /payload/],

@@ -1,4 +1,8 @@
 import http from "node:http";
+import https from "node:https";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { existsSync, unlinkSync } from "node:fs";
+import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import type { PeerEvent, Transport, TransportMessage } from "../types.ts";
@@ -6,21 +10,41 @@ import { TransportError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import {
   type Address,
+  CLOSE_AUTH,
   CLOSE_DUPLICATE_NODE,
   CLOSE_NORMAL,
   CLOSE_POLICY,
+  CLOSE_SLOW,
   CLOSE_VERSION,
   dialUrl,
+  encodeAck,
+  encodeAuth,
   encodeBatch,
   encodeEvent,
   encodeHello,
+  encodeResume,
   type EventsFrame,
+  FRAME_ACK,
+  FRAME_AUTH,
+  FRAME_EVENT,
   FRAME_HELLO,
+  FRAME_RESUME,
   formatAddress,
+  type HelloFrame,
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,
 } from "./protocol.ts";
+
+/** TLS material for `wss` (PEM text). */
+export interface TlsOptions {
+  /** The certificate chain this node serves with. */
+  cert: string;
+  /** The private key of `cert`. */
+  key: string;
+  /** CA certificates that peers' certificates must chain to (default: the system's). */
+  ca?: string;
+}
 
 /** Options of {@link WsMeshTransport}. */
 export interface WsMeshOptions {
@@ -30,7 +54,7 @@ export interface WsMeshOptions {
   listen?: string;
   /** Addresses to dial (`tcp://`, `ws://`, `wss://`, `ipc://`). */
   dial?: string[];
-  /** Node ids that must be connected (in either direction) before `open()` resolves. */
+  /** Node ids that must have connected (in either direction) before `open()` resolves. */
   expect?: number[];
   /** Labels announced to peers in the handshake. */
   labels?: string[];
@@ -38,54 +62,129 @@ export interface WsMeshOptions {
   maxPayload?: number;
   /** How long `open()` waits for the expected peers, in ms. @default 60000 */
   connectTimeout?: number;
+  /** A shared secret every connection must prove (HMAC challenge-response). */
+  secret?: string;
+  /** Serve `wss` with this certificate, and verify `wss` peers against `ca`. */
+  tls?: TlsOptions;
+  /** Ping every link this often, in ms. @default 2500 */
+  heartbeatInterval?: number;
+  /**
+   * A link silent (no frame, no pong) this long is dropped, and a peer whose link dropped without
+   * a normal close and did not come back within this time is reported as left, in ms.
+   * @default 15000
+   */
+  heartbeatTimeout?: number;
+  /**
+   * The most bytes of unacknowledged events kept for one peer. A peer that falls further behind
+   * is a slow consumer: its link is closed (4004), it is reported as left, and what it had not
+   * acknowledged is dropped (logged with the count). @default 134217728 (128 MiB)
+   */
+  maxOutboxBytes?: number;
 }
 
 interface Link {
   ws: WebSocket;
   dialed: boolean;
-  peerId: number | undefined;
-  labels: string[];
-  sendSeq: number;
-  recvSeq: number;
-  /** Events queued in this tick, flushed as one frame at the end of the tick. */
-  queue: Array<string | Uint8Array>;
-  queueBytes: number;
+  /** Set by the peer's HELLO. */
+  hello: HelloFrame | undefined;
+  nonce: string;
+  authed: boolean;
+  /** The peer state once the link is ready (the peer's RESUME arrived). */
+  peer: PeerState | undefined;
+  lastSeen: number;
+  lastPing: number;
+  drops: number;
+  timer: ReturnType<typeof setInterval> | undefined;
   onReady: ((err?: Error) => void) | undefined;
 }
 
+interface OutFrame {
+  last: number;
+  frame: Uint8Array;
+}
+
+interface PeerState {
+  nodeId: number;
+  labels: string[];
+  session: string;
+  link: Link | undefined;
+  /** Last seq given to an event for this peer. */
+  sendSeq: number;
+  /** Highest seq the peer acknowledged. */
+  acked: number;
+  /** Framed, unacknowledged events, oldest first. */
+  outbox: OutFrame[];
+  outboxBytes: number;
+  /** This tick's events, not framed yet: topic, payload, topic, payload, ... */
+  queue: Array<string | Uint8Array>;
+  queueBytes: number;
+  /** Last seq received from this peer. */
+  recvSeq: number;
+  /** Events received and not yet acknowledged. */
+  unacked: number;
+  ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set while the link is down and we wait for the peer to come back. */
+  downTimer: ReturnType<typeof setTimeout> | undefined;
+}
+
 const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
-/** A link's queued events are sent at once when they reach this many bytes. */
+/** A peer's queued events are framed at once when they reach this many bytes. */
 const MAX_BATCH_BYTES = 1024 * 1024;
+/** Acknowledge after this many events, or after ACK_DELAY ms. */
+const ACK_EVERY = 512;
+const ACK_DELAY = 5;
+const HANDSHAKE_TIMEOUT = 10_000;
+const MAX_PENDING_LINKS = 256;
+const AUTH_CONTEXT = "ditask-auth-v1";
+
+function randomId(bytes: number): string {
+  return randomBytes(bytes).toString("hex");
+}
 
 /**
  * The WebSocket full-mesh transport: this node serves WebSocket connections and dials the peers
  * it is given; every pair of nodes shares one connection, whoever dialed. See `protocol.ts` for the
- * frame layout.
+ * frame layout and the handshake.
+ *
+ * Delivery: each event reaches each connected peer exactly once, in emit order. Events are kept
+ * until the peer acknowledges them; if a link drops while both processes live, the dialing side
+ * redials (exponential backoff with jitter) and the unacknowledged events are resent. A peer whose
+ * link dropped without a normal close and that does not return within `heartbeatTimeout` is
+ * reported as left; a dialer keeps redialing it, so a restarted peer joins again.
  *
  * Events published in one tick to a peer go out as one frame (a BATCH) at the end of that tick;
- * a lone event goes out as one EVENT frame in the same tick, so coalescing adds no latency.
+ * a lone event goes out as one EVENT frame at once, so coalescing adds no latency.
  *
  * @example Two nodes in one process
  * ```ts
  * const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1] });
- * const openA = a.open();
+ * await a.bind();
  * const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!] });
- * await Promise.all([openA, b.open()]);
+ * await Promise.all([a.open(), b.open()]);
  * ```
  */
 export class WsMeshTransport implements Transport {
   readonly nodeId: number;
   readonly labels: string[];
+  /** This instance's session id (see the protocol). */
+  readonly session: string = randomId(8);
   #listen: Address | undefined;
   #dial: Address[];
   #expect: number[];
   #maxPayload: number;
   #connectTimeout: number;
-  #server: http.Server | undefined;
+  #secret: string | undefined;
+  #tls: TlsOptions | undefined;
+  #hbInterval: number;
+  #hbTimeout: number;
+  #maxOutbox: number;
+  #server: http.Server | https.Server | undefined;
   #wss: WebSocketServer | undefined;
   #address: string | undefined;
-  #peers = new Map<number, Link>();
+  #peers = new Map<number, PeerState>();
   #seen = new Set<number>();
+  // Last seq received from sessions of peers we forgot, so a peer that returns resumes correctly.
+  #recvMemory = new Map<string, number>();
   #links = new Set<Link>();
   #msg = new Set<(m: TransportMessage) => void>();
   #peer = new Set<(e: PeerEvent) => void>();
@@ -93,10 +192,12 @@ export class WsMeshTransport implements Transport {
   #closed = false;
   #opened: Promise<void> | undefined;
   #flushScheduled = false;
-  #dirty = new Set<Link>();
+  #dirty = new Set<PeerState>();
+  #drainWaiters = new Set<() => void>();
+  #sleepers = new Set<() => void>();
 
   /**
-   * @throws {TypeError} If the node id or an address is invalid.
+   * @throws {TypeError} If the node id, an address or a number option is invalid.
    */
   constructor(options: WsMeshOptions) {
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0) {
@@ -109,25 +210,47 @@ export class WsMeshTransport implements Transport {
     this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#connectTimeout = options.connectTimeout ?? 60_000;
+    this.#secret = options.secret === "" ? undefined : options.secret;
+    this.#tls = options.tls;
+    this.#hbInterval = options.heartbeatInterval ?? 2500;
+    this.#hbTimeout = options.heartbeatTimeout ?? 15_000;
+    this.#maxOutbox = options.maxOutboxBytes ?? 128 * 1024 * 1024;
+    for (const [name, v] of [
+      ["maxPayload", this.#maxPayload],
+      ["connectTimeout", this.#connectTimeout],
+      ["heartbeatInterval", this.#hbInterval],
+      ["heartbeatTimeout", this.#hbTimeout],
+      ["maxOutboxBytes", this.#maxOutbox],
+    ] as const) {
+      if (typeof v !== "number" || !(v > 0)) throw new TypeError(`Invalid ${name} ${v}: expected a number > 0`);
+    }
+    if (this.#tls && this.#listen?.kind === "ipc") throw new TypeError("Invalid options: tls needs a tcp listen address");
   }
 
-  /** The address this node serves on (with the real port), once `open()` has bound it. */
+  /** The address this node serves on (with the real port), once `open()` or `bind()` bound it. */
   get address(): string | undefined {
     return this.#address;
   }
 
+  /** The peers known now: connected, or reconnecting within `heartbeatTimeout`. */
   get peers(): number[] {
     return [...this.#peers.keys()];
   }
 
-  /** The labels each connected peer announced. */
+  /** The labels a peer announced. */
   peerLabels(nodeId: number): string[] | undefined {
     return this.#peers.get(nodeId)?.labels;
   }
 
+  /** Bytes of events queued or unacknowledged for `nodeId` (0 for an unknown peer). */
+  backlog(nodeId: number): number {
+    const p = this.#peers.get(nodeId);
+    return p ? p.outboxBytes + p.queueBytes : 0;
+  }
+
   /**
    * Bind (when `listen` was given), dial every address, and wait until every dialed peer and every
-   * expected node id is connected.
+   * expected node id has connected.
    *
    * @throws {TransportError} If the address cannot be bound, a peer refuses the handshake, or the
    *   peers are not all connected within `connectTimeout`.
@@ -137,24 +260,34 @@ export class WsMeshTransport implements Transport {
     return this.#opened;
   }
 
-  /** Bind the server only (so that `address` is known before dialing starts). */
+  /**
+   * Bind the server only (so that `address` is known before dialing starts).
+   * @throws {TransportError} If the address cannot be bound.
+   */
   async bind(): Promise<void> {
     if (this.#server || !this.#listen) return;
     const listen = this.#listen;
-    const server = http.createServer((_req, res) => {
+    if (listen.kind === "ipc") await removeStaleSocket(listen.path);
+    const onRequest = (_req: http.IncomingMessage, res: http.ServerResponse) => {
       res.writeHead(426, { "content-type": "text/plain" }).end("ditask mesh: WebSocket upgrade required\n");
-    });
+    };
+    const server = this.#tls
+      ? https.createServer({ cert: this.#tls.cert, key: this.#tls.key }, onRequest)
+      : http.createServer(onRequest);
     const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: this.#maxPayload });
     wss.on("error", (err) => this.#fail(err));
     server.on("upgrade", (req, socket: Duplex, head) => {
       socket.on("error", (err) => log.debug(`node ${this.nodeId}: upgrade socket error:`, err.message));
-      if (this.#closed) {
+      const pending = [...this.#links].filter((l) => !l.peer).length;
+      if (this.#closed || pending >= MAX_PENDING_LINKS) {
+        if (!this.#closed) log.warn(`node ${this.nodeId}: refused a connection: ${pending} handshakes pending`);
         socket.destroy();
         return;
       }
       wss.handleUpgrade(req, socket, head, (ws) => this.#adopt(ws, false));
     });
     server.on("clientError", (_err, socket) => socket.destroy());
+    server.on("tlsClientError", (err) => log.info(`node ${this.nodeId}: TLS handshake failed:`, err.message));
     this.#server = server;
     this.#wss = wss;
     await new Promise<void>((resolve, reject) => {
@@ -173,7 +306,7 @@ export class WsMeshTransport implements Transport {
         const a = server.address();
         this.#address = listen.kind === "ipc"
           ? formatAddress(listen)
-          : formatAddress({ ...listen, port: typeof a === "object" && a ? a.port : listen.port });
+          : formatAddress({ ...listen, tls: this.#tls !== undefined, port: typeof a === "object" && a ? a.port : listen.port });
         resolve();
       };
       if (listen.kind === "ipc") server.listen(listen.path, ready);
@@ -184,7 +317,15 @@ export class WsMeshTransport implements Transport {
   async #open(): Promise<void> {
     await this.bind();
     const deadline = Date.now() + this.#connectTimeout;
-    await Promise.all(this.#dial.map((a) => this.#dialWithRetry(a, deadline)));
+    const first = this.#dial.map((addr) => {
+      let firstLink!: (err?: Error) => void;
+      const connected = new Promise<void>((resolve, reject) => {
+        firstLink = (err) => (err ? reject(err) : resolve());
+      });
+      void this.#superviseDial(addr, deadline, firstLink);
+      return connected;
+    });
+    await Promise.all(first);
     await this.#waitExpected(deadline);
   }
 
@@ -215,41 +356,77 @@ export class WsMeshTransport implements Transport {
     });
   }
 
-  async #dialWithRetry(addr: Address, deadline: number): Promise<void> {
-    for (let attempt = 0;; attempt++) {
-      if (this.#closed) throw new TransportError(`Cannot dial ${formatAddress(addr)}: the transport is closed`);
+  /** Sleep that `close()` cuts short. */
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#sleepers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#sleepers.add(done);
+    });
+  }
+
+  /**
+   * Keep one dialed link to `addr` up: dial with backoff until the first link is ready (reporting
+   * to `first`), and after an abnormal drop dial again, for as long as this transport is open.
+   * A peer that closed normally (it shut down) is not redialed.
+   */
+  async #superviseDial(addr: Address, deadline: number, first: (err?: Error) => void): Promise<void> {
+    let reported = false;
+    const report = (err?: Error) => {
+      if (!reported) {
+        reported = true;
+        first(err);
+      }
+    };
+    let attempt = 0;
+    while (!this.#closed) {
+      let link: Link;
       try {
-        await this.#dialOnce(addr);
-        return;
+        link = await this.#dialOnce(addr);
       } catch (err) {
         const e = err as TransportError;
-        // A peer that answered and refused us will refuse again: give up at once.
-        if (e instanceof TransportError && e.closeCode !== undefined) throw e;
-        if (Date.now() >= deadline) {
-          throw new TransportError(
-            `Cannot connect to ${formatAddress(addr)} within ${this.#connectTimeout} ms: ${e.message}`,
-            { cause: err },
-          );
+        if (e instanceof TransportError && e.closeCode !== undefined) {
+          // The peer answered and refused us: it will refuse again.
+          report(e);
+          log.warn(`node ${this.nodeId}: ${e.message}`);
+          return;
         }
-        // Exponential backoff with jitter: 10 ms, 20 ms, ... up to 500 ms, times 0.5-1.
-        const wait = Math.min(500, 10 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2);
-        await new Promise((r) => setTimeout(r, Math.min(wait, Math.max(0, deadline - Date.now()))));
+        if (!reported && Date.now() >= deadline) {
+          report(new TransportError(`Cannot connect to ${formatAddress(addr)} within ${this.#connectTimeout} ms: ${e.message}`, { cause: err }));
+        }
+        // Exponential backoff with jitter: 10 ms doubling up to 2 s (500 ms before the first
+        // link), times 0.5 to 1.
+        const cap = reported ? 2000 : 500;
+        const wait = Math.min(cap, 10 * 2 ** Math.min(attempt++, 8)) * (0.5 + Math.random() / 2);
+        await this.#sleep(reported ? wait : Math.min(wait, Math.max(1, deadline - Date.now())));
+        continue;
       }
+      attempt = 0;
+      report();
+      const code = await new Promise<number>((resolve) => link.ws.once("close", (c: number) => resolve(c)));
+      if (code === CLOSE_NORMAL || code === 1001 || code === CLOSE_DUPLICATE_NODE) return;
+      log.info(`node ${this.nodeId}: link to ${formatAddress(addr)} dropped (${code}); redialing`);
     }
   }
 
-  #dialOnce(addr: Address): Promise<void> {
+  #dialOnce(addr: Address): Promise<Link> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(dialUrl(addr), {
+      const options: ConstructorParameters<typeof WebSocket>[2] = {
         perMessageDeflate: false,
         maxPayload: this.#maxPayload,
-        handshakeTimeout: 10_000,
-      });
+        handshakeTimeout: HANDSHAKE_TIMEOUT,
+      };
+      if (addr.kind === "tcp" && addr.tls && this.#tls?.ca !== undefined) options.ca = this.#tls.ca;
+      const ws = new WebSocket(dialUrl(addr), options);
       let opened = false;
       ws.once("open", () => {
         opened = true;
         const link = this.#adopt(ws, true);
-        link.onReady = (err) => (err ? reject(err) : resolve());
+        link.onReady = (err) => (err ? reject(err) : resolve(link));
       });
       ws.on("error", (err) => {
         if (!opened) reject(new TransportError(`Cannot connect to ${formatAddress(addr)}: ${err.message}`, { cause: err }));
@@ -261,160 +438,362 @@ export class WsMeshTransport implements Transport {
     const link: Link = {
       ws,
       dialed,
-      peerId: undefined,
-      labels: [],
-      sendSeq: 0,
-      recvSeq: 0,
-      queue: [],
-      queueBytes: 0,
+      hello: undefined,
+      nonce: randomId(16),
+      authed: this.#secret === undefined,
+      peer: undefined,
+      lastSeen: Date.now(),
+      lastPing: Date.now(),
+      drops: 0,
+      timer: undefined,
       onReady: undefined,
     };
     this.#links.add(link);
     ws.binaryType = "nodebuffer";
     ws.on("error", (err) => log.debug(`node ${this.nodeId}: socket error:`, err.message));
     ws.on("message", (data, isBinary) => this.#socketOnMessage(link, data, isBinary));
+    ws.on("pong", () => (link.lastSeen = Date.now()));
     ws.on("close", (code, reason) => this.#socketOnClose(link, code, reason.toString()));
-    if (this.#closed) ws.close(CLOSE_NORMAL);
-    else ws.send(encodeHello(this.nodeId, this.labels));
+    // One timer per link: the handshake deadline first, then the heartbeat.
+    const started = Date.now();
+    link.timer = setInterval(() => {
+      if (!link.peer) {
+        if (Date.now() - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
+        return;
+      }
+      if (Date.now() - link.lastSeen > this.#hbTimeout) {
+        log.warn(`node ${this.nodeId}: node ${link.peer.nodeId} silent for ${this.#hbTimeout} ms; dropping its link`);
+        ws.terminate();
+        return;
+      }
+      if (Date.now() - link.lastPing >= this.#hbInterval) {
+        link.lastPing = Date.now();
+        ws.ping();
+      }
+    }, Math.min(this.#hbInterval, 1000));
+    if (this.#closed) ws.close(CLOSE_NORMAL, "shutdown");
+    else ws.send(encodeHello(this.nodeId, this.labels, this.session, link.nonce));
     return link;
   }
 
   #socketOnMessage(link: Link, data: RawData, isBinary: boolean): void {
-    if (!isBinary) return this.#reject(link, CLOSE_POLICY, "text frames are not accepted");
-    const bytes = data as Buffer;
-    const frame = parseFrame(bytes);
-    if (typeof frame === "string") {
-      if (link.peerId === undefined) return this.#reject(link, CLOSE_POLICY, frame);
-      log.warn(`node ${this.nodeId}: dropped a frame from node ${link.peerId}: ${frame}`);
-      return;
+    link.lastSeen = Date.now();
+    if (!isBinary) return this.#bad(link, "text frames are not accepted");
+    const frame = parseFrame(data as Buffer);
+    if (typeof frame === "string") return this.#bad(link, frame);
+    switch (frame.kind) {
+      case FRAME_HELLO:
+        return this.#onHello(link, frame);
+      case FRAME_AUTH:
+        return this.#onAuth(link, frame.mac);
+      case FRAME_RESUME:
+        return this.#onResume(link, frame.session, frame.seq);
+      case FRAME_ACK:
+        if (!link.peer) return this.#reject(link, CLOSE_POLICY, "ACK before the handshake");
+        return this.#onAck(link.peer, frame.seq);
+      case FRAME_EVENT:
+        if (!link.peer) return this.#reject(link, CLOSE_POLICY, "event frame before the handshake");
+        return this.#deliver(link, link.peer, frame);
     }
-    if (frame.kind === FRAME_HELLO) {
-      if (link.peerId !== undefined) {
-        log.warn(`node ${this.nodeId}: dropped a second HELLO from node ${link.peerId}`);
-        return;
-      }
-      if (frame.version !== PROTOCOL_VERSION) {
-        return this.#reject(link, CLOSE_VERSION, `protocol version ${frame.version}, expected ${PROTOCOL_VERSION}`);
-      }
-      return this.#handshake(link, frame.nodeId, frame.labels);
-    }
-    if (link.peerId === undefined) return this.#reject(link, CLOSE_POLICY, "event frame before the handshake");
-    this.#deliver(link, frame);
   }
 
-  #handshake(link: Link, peerId: number, labels: string[]): void {
-    if (peerId === this.nodeId) return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${peerId} is this node's own id`);
-    const existing = this.#peers.get(peerId);
-    if (existing) {
-      // Both ends dialed each other at once: keep the link dialed by the lower node id (both
-      // ends decide the same). Anything else is a second node claiming an id already present.
-      const lowerDialed = (l: Link) => (l.dialed ? this.nodeId : peerId) === Math.min(this.nodeId, peerId);
-      if (existing.dialed !== link.dialed && lowerDialed(link)) {
-        this.#peers.delete(peerId);
-        existing.ws.close(CLOSE_DUPLICATE_NODE, "duplicate link");
-      } else {
-        return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${peerId} is already connected`);
-      }
+  /** A frame that does not parse: fatal before the handshake, dropped (and logged) after it. */
+  #bad(link: Link, why: string): void {
+    if (!link.peer) return this.#reject(link, CLOSE_POLICY, why);
+    link.drops++;
+    if (link.drops <= 3 || link.drops % 1000 === 0) {
+      log.warn(`node ${this.nodeId}: dropped a frame from node ${link.peer.nodeId}: ${why} (${link.drops} dropped on this link)`);
     }
-    link.peerId = peerId;
-    link.labels = labels;
-    this.#peers.set(peerId, link);
-    this.#seen.add(peerId);
-    log.debug(`node ${this.nodeId}: peer ${peerId} joined (${link.dialed ? "dialed" : "accepted"})`);
+  }
+
+  #mac(fromNonce: string, toNonce: string, from: number, to: number): Buffer {
+    return createHmac("sha256", this.#secret!).update(`${AUTH_CONTEXT}\n${fromNonce}\n${toNonce}\n${from}\n${to}`).digest();
+  }
+
+  #onHello(link: Link, hello: HelloFrame): void {
+    if (link.hello) return this.#reject(link, CLOSE_POLICY, "a second HELLO");
+    if (hello.version !== PROTOCOL_VERSION) {
+      return this.#reject(link, CLOSE_VERSION, `protocol version ${hello.version}, expected ${PROTOCOL_VERSION}`);
+    }
+    if (hello.nodeId === this.nodeId) return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${hello.nodeId} is this node's own id`);
+    link.hello = hello;
+    if (this.#secret !== undefined) {
+      link.ws.send(encodeAuth(this.#mac(link.nonce, hello.nonce, this.nodeId, hello.nodeId)));
+      return;
+    }
+    this.#sendResume(link);
+  }
+
+  #onAuth(link: Link, mac: Uint8Array): void {
+    const hello = link.hello;
+    if (!hello) return this.#reject(link, CLOSE_POLICY, "AUTH before HELLO");
+    if (this.#secret === undefined) return; // we need no proof; the peer's secret is its business
+    if (link.authed) return this.#reject(link, CLOSE_POLICY, "a second AUTH");
+    const want = this.#mac(hello.nonce, link.nonce, hello.nodeId, this.nodeId);
+    if (mac.byteLength !== want.byteLength || !timingSafeEqual(mac, want)) {
+      return this.#reject(link, CLOSE_AUTH, `node ${hello.nodeId} failed authentication`);
+    }
+    link.authed = true;
+    this.#sendResume(link);
+  }
+
+  #sendResume(link: Link): void {
+    const hello = link.hello!;
+    const known = this.#peers.get(hello.nodeId);
+    const seq = known && known.session === hello.session ? known.recvSeq : (this.#recvMemory.get(hello.session) ?? 0);
+    link.ws.send(encodeResume(hello.session, seq));
+  }
+
+  #onResume(link: Link, mySession: string, theirRecv: number): void {
+    const hello = link.hello;
+    if (!hello) return this.#reject(link, CLOSE_POLICY, "RESUME before HELLO");
+    if (!link.authed) return this.#reject(link, CLOSE_AUTH, `node ${hello.nodeId} did not authenticate`);
+    if (link.peer) return this.#reject(link, CLOSE_POLICY, "a second RESUME");
+    const id = hello.nodeId;
+    let p = this.#peers.get(id);
+    if (p && p.link && p.link !== link) {
+      if (p.session !== hello.session) {
+        return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${id} is already connected`);
+      }
+      // Both ends dialed each other at once: keep the link dialed by the lower node id (both
+      // ends decide the same).
+      const lowerDialed = (l: Link) => (l.dialed ? this.nodeId : id) === Math.min(this.nodeId, id);
+      if (p.link.dialed === link.dialed || !lowerDialed(link)) {
+        return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${id} is already connected`);
+      }
+      const old = p.link;
+      p.link = undefined;
+      old.ws.close(CLOSE_DUPLICATE_NODE, "duplicate link");
+    }
+    if (p && p.session !== hello.session) {
+      // A new incarnation (the process restarted): what the old one had not received is lost.
+      this.#forget(p, "it restarted");
+      p = undefined;
+    }
+    const joined = p === undefined;
+    if (!p) {
+      p = {
+        nodeId: id,
+        labels: hello.labels,
+        session: hello.session,
+        link: undefined,
+        sendSeq: 0,
+        acked: 0,
+        outbox: [],
+        outboxBytes: 0,
+        queue: [],
+        queueBytes: 0,
+        recvSeq: 0,
+        unacked: 0,
+        ackTimer: undefined,
+        downTimer: undefined,
+      };
+      this.#peers.set(id, p);
+    }
+    if (p.downTimer) clearTimeout(p.downTimer);
+    p.downTimer = undefined;
+    p.link = link;
+    link.peer = p;
+    this.#seen.add(id);
+    // Resend what the peer has not received. Its count is authoritative: a peer we had forgotten
+    // (it was gone too long) may have received more than we now know, and our numbering goes on
+    // after it.
+    if (mySession !== this.session) theirRecv = 0;
+    if (joined && theirRecv > 0) p.sendSeq = p.acked = theirRecv;
+    if (!joined || theirRecv === 0) p.recvSeq = Math.max(p.recvSeq, this.#recvMemory.get(p.session) ?? 0);
+    this.#recvMemory.delete(p.session);
+    this.#onAck(p, theirRecv);
+    for (const f of p.outbox) link.ws.send(f.frame);
+    log.debug(`node ${this.nodeId}: peer ${id} ${joined ? "joined" : "resumed"} (${link.dialed ? "dialed" : "accepted"})`);
     const done = link.onReady;
     link.onReady = undefined;
-    if (!existing) for (const fn of this.#peer) fn({ type: "joined", nodeId: peerId, labels });
+    if (joined) for (const fn of this.#peer) fn({ type: "joined", nodeId: id, labels: p.labels });
     done?.();
+    this.#flushPeer(p);
   }
 
-  #deliver(link: Link, frame: EventsFrame): void {
-    const from = link.peerId!;
+  #onAck(p: PeerState, seq: number): void {
+    if (seq > p.acked) p.acked = seq;
+    const box = p.outbox;
+    let i = 0;
+    while (i < box.length && box[i]!.last <= seq) {
+      p.outboxBytes -= box[i]!.frame.byteLength;
+      i++;
+    }
+    if (i > 0) box.splice(0, i);
+    if (this.#drainWaiters.size > 0) this.#checkDrained();
+  }
+
+  #deliver(link: Link, p: PeerState, frame: EventsFrame): void {
+    const from = p.nodeId;
     if (frame.from !== from) {
-      log.warn(`node ${this.nodeId}: dropped a frame claiming sender ${frame.from} on the link of node ${from}`);
-      return;
+      return this.#bad(link, `frame claims sender ${frame.from} on the link of node ${from}`);
     }
     const n = frame.items.length / 2;
     const first = frame.seq;
-    if (first > link.recvSeq + 1) {
-      log.warn(`node ${this.nodeId}: sequence gap from node ${from}: expected ${link.recvSeq + 1}, got ${first}`);
+    if (first > p.recvSeq + 1) {
+      // Only when the peer dropped events for us (it had given us up as gone or slow); it logged them.
+      log.warn(`node ${this.nodeId}: ${first - p.recvSeq - 1} event(s) from node ${from} were lost (the peer dropped them)`);
     }
     for (let i = 0; i < n; i++) {
       const seq = first + i;
-      if (seq <= link.recvSeq) continue; // already delivered
-      link.recvSeq = seq;
+      if (seq <= p.recvSeq) continue; // a resent event we already delivered
+      p.recvSeq = seq;
       const msg = { topic: frame.items[2 * i] as string, payload: frame.items[2 * i + 1] as Uint8Array, from };
       for (const fn of this.#msg) fn(msg);
+      if (p.link !== link) break; // a listener closed this transport or the link
     }
+    p.unacked += n;
+    if (p.unacked >= ACK_EVERY) this.#sendAck(p);
+    else p.ackTimer ??= setTimeout(() => this.#sendAck(p), ACK_DELAY);
+  }
+
+  #sendAck(p: PeerState): void {
+    if (p.ackTimer) clearTimeout(p.ackTimer);
+    p.ackTimer = undefined;
+    p.unacked = 0;
+    p.link?.ws.send(encodeAck(p.recvSeq));
   }
 
   #reject(link: Link, code: number, reason: string): void {
-    log.warn(`node ${this.nodeId}: closing a connection${link.peerId === undefined ? "" : ` of node ${link.peerId}`}: ${reason}`);
+    const who = link.hello ? ` of node ${link.hello.nodeId}` : "";
+    log.warn(`node ${this.nodeId}: closing a connection${who}: ${reason}`);
     const done = link.onReady;
     link.onReady = undefined;
     done?.(new TransportError(`Connection refused: ${reason}`, { closeCode: code }));
     link.ws.close(code, reason.slice(0, 120));
+    // A peer that does not answer the close is cut off.
+    setTimeout(() => link.ws.terminate(), 2000).unref?.();
   }
 
   #socketOnClose(link: Link, code: number, reason: string): void {
     this.#links.delete(link);
-    this.#dirty.delete(link);
+    clearInterval(link.timer);
     const done = link.onReady;
     link.onReady = undefined;
     if (done) {
+      const refused = [CLOSE_DUPLICATE_NODE, CLOSE_VERSION, CLOSE_POLICY, CLOSE_AUTH].includes(code);
       done(
-        new TransportError(`Connection closed during the handshake (${code}${reason ? `: ${reason}` : ""})`, {
-          ...(code === CLOSE_DUPLICATE_NODE || code === CLOSE_VERSION || code === CLOSE_POLICY ? { closeCode: code } : {}),
-        }),
+        new TransportError(
+          `Connection closed during the handshake (${code}${reason ? `: ${reason}` : ""})`,
+          refused ? { closeCode: code } : {},
+        ),
       );
     }
-    const id = link.peerId;
-    if (id === undefined || this.#peers.get(id) !== link) return;
-    this.#peers.delete(id);
-    log.debug(`node ${this.nodeId}: peer ${id} left (${code})`);
-    for (const fn of this.#peer) fn({ type: "left", nodeId: id, labels: link.labels });
+    const p = link.peer;
+    if (!p || p.link !== link) return;
+    p.link = undefined;
+    if (code === CLOSE_NORMAL || code === 1001 || this.#closed) {
+      this.#forget(p, "it shut down");
+      return;
+    }
+    // Dropped without a normal close: wait for the peer to come back (the dialing side redials).
+    log.info(`node ${this.nodeId}: link to node ${p.nodeId} dropped (${code}); waiting ${this.#hbTimeout} ms for it`);
+    p.downTimer = setTimeout(() => {
+      p.downTimer = undefined;
+      if (!p.link) this.#forget(p, `it did not come back within ${this.#hbTimeout} ms`);
+    }, this.#hbTimeout);
+  }
+
+  /** Report `p` as left and drop what it had not acknowledged. */
+  #forget(p: PeerState, why: string): void {
+    if (this.#peers.get(p.nodeId) !== p) return;
+    this.#peers.delete(p.nodeId);
+    if (p.downTimer) clearTimeout(p.downTimer);
+    if (p.ackTimer) clearTimeout(p.ackTimer);
+    this.#dirty.delete(p);
+    this.#recvMemory.set(p.session, p.recvSeq);
+    if (this.#recvMemory.size > 1000) this.#recvMemory.delete(this.#recvMemory.keys().next().value!);
+    const lost = p.sendSeq - p.acked + p.queue.length / 2;
+    if (lost > 0 && !this.#closed) {
+      log.warn(`node ${this.nodeId}: node ${p.nodeId} left (${why}); ${lost} event(s) it had not acknowledged are dropped`);
+    } else log.debug(`node ${this.nodeId}: node ${p.nodeId} left (${why})`);
+    p.outbox = [];
+    p.outboxBytes = 0;
+    p.queue = [];
+    p.queueBytes = 0;
+    for (const fn of this.#peer) fn({ type: "left", nodeId: p.nodeId, labels: p.labels });
+    if (this.#drainWaiters.size > 0) this.#checkDrained();
   }
 
   publish(topic: string, payload: Uint8Array): void {
     if (this.#closed) return;
-    for (const link of this.#peers.values()) {
-      link.queue.push(topic, payload);
-      link.queueBytes += payload.byteLength + topic.length;
-      this.#dirty.add(link);
-      // Keep frames well below maxPayload: a large backlog goes out now, not at the end of the tick.
-      if (link.queueBytes >= MAX_BATCH_BYTES) this.#flushLink(link);
+    for (const p of this.#peers.values()) {
+      p.queue.push(topic, payload);
+      p.queueBytes += payload.byteLength + topic.length;
+      this.#dirty.add(p);
+      // Keep frames well below maxPayload: a large backlog is framed now, not at the end of the tick.
+      if (p.queueBytes >= MAX_BATCH_BYTES) this.#flushPeer(p);
     }
-    if (this.#dirty.size === 0) return;
-    if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      // A lone event is sent right away (no added latency); more events in the same tick
-      // are collected and go out as one frame per peer when the tick's microtasks are done.
-      this.#flushNow();
-      queueMicrotask(() => this.#endOfTick());
-    }
+    if (this.#dirty.size === 0 || this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    // A lone event is sent right away (no added latency); more events in the same tick are
+    // collected and go out as one frame per peer when the tick's microtasks are done.
+    this.#flushAll();
+    queueMicrotask(() => {
+      this.#flushScheduled = false;
+      this.#flushAll();
+    });
   }
 
-  #endOfTick(): void {
-    this.#flushScheduled = false;
-    this.#flushNow();
-  }
-
-  #flushNow(): void {
-    for (const link of this.#dirty) this.#flushLink(link);
+  #flushAll(): void {
+    for (const p of this.#dirty) this.#flushPeer(p);
     this.#dirty.clear();
   }
 
-  #flushLink(link: Link): void {
-    const q = link.queue;
+  #flushPeer(p: PeerState): void {
+    const q = p.queue;
     if (q.length === 0) return;
-    link.queue = [];
-    link.queueBytes = 0;
+    p.queue = [];
+    p.queueBytes = 0;
     const n = q.length / 2;
-    const seq = link.sendSeq + 1;
-    link.sendSeq += n;
+    const seq = p.sendSeq + 1;
+    p.sendSeq += n;
     const frame = n === 1
       ? encodeEvent(seq, this.nodeId, q[0] as string, q[1] as Uint8Array)
       : encodeBatch(seq, this.nodeId, q);
-    link.ws.send(frame);
+    p.outbox.push({ last: p.sendSeq, frame });
+    p.outboxBytes += frame.byteLength;
+    if (p.outboxBytes > this.#maxOutbox) {
+      const link = p.link;
+      log.warn(`node ${this.nodeId}: node ${p.nodeId} is a slow consumer: ${p.outboxBytes} bytes not acknowledged (max ${this.#maxOutbox})`);
+      this.#forget(p, "slow consumer");
+      link?.ws.close(CLOSE_SLOW, "slow consumer");
+      return;
+    }
+    p.link?.ws.send(frame);
+  }
+
+  /**
+   * Resolve when every event published so far has been acknowledged by every peer (or the peer
+   * left): back-pressure for producers of large streams.
+   *
+   * @example
+   * ```ts
+   * for (const chunk of chunks) { transport.publish("t", chunk); await transport.drain(); }
+   * ```
+   */
+  drain(): Promise<void> {
+    this.#flushAll();
+    return new Promise((resolve) => {
+      this.#drainWaiters.add(resolve);
+      this.#checkDrained();
+    });
+  }
+
+  #checkDrained(): void {
+    for (const p of this.#peers.values()) if (p.outbox.length > 0 || p.queue.length > 0) return;
+    const waiters = [...this.#drainWaiters];
+    this.#drainWaiters.clear();
+    for (const w of waiters) w();
+  }
+
+  /**
+   * Fault injection for tests: cut every connection abruptly, as a network failure would (both
+   * processes live on). The dialing sides reconnect and nothing is lost.
+   */
+  dropConnections(): void {
+    for (const link of this.#links) link.ws.terminate();
   }
 
   subscribe(_topic: string): void {}
@@ -439,25 +818,31 @@ export class WsMeshTransport implements Transport {
   }
 
   /**
-   * Send what is queued, close every connection (normal closure) and stop serving. Idempotent.
+   * Send what is queued, close every connection (normal closure: peers report this node as left
+   * at once and do not redial it) and stop serving. Idempotent.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
-    this.#flushNow();
+    this.#flushAll();
     this.#closed = true;
+    for (const wake of [...this.#sleepers]) wake();
     const closing = [...this.#links].map(
       (link) =>
         new Promise<void>((resolve) => {
+          clearInterval(link.timer);
           if (link.ws.readyState === WebSocket.CLOSED) return resolve();
           const timer = setTimeout(() => link.ws.terminate(), 3000);
           link.ws.once("close", () => {
             clearTimeout(timer);
             resolve();
           });
-          link.ws.close(CLOSE_NORMAL);
+          // Acknowledge what arrived, so the peer does not keep it as unacknowledged.
+          if (link.peer && link.peer.unacked > 0) this.#sendAck(link.peer);
+          link.ws.close(CLOSE_NORMAL, "shutdown");
         }),
     );
     await Promise.all(closing);
+    for (const p of [...this.#peers.values()]) this.#forget(p, "this node closed");
     this.#wss?.close();
     const server = this.#server;
     if (server) {
@@ -465,6 +850,26 @@ export class WsMeshTransport implements Transport {
         server.close(() => resolve());
         server.closeAllConnections?.();
       });
+    }
+  }
+}
+
+/** Remove a Unix socket file that no process listens on (left by a killed process). */
+async function removeStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const s = netConnect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+  if (!live) {
+    try {
+      unlinkSync(path);
+    } catch {
+      // listen() reports the problem
     }
   }
 }

@@ -2,22 +2,38 @@
 //
 // Every WebSocket message is one binary frame: a CBOR array whose first item is the frame kind.
 //
-//   HELLO  [0, version, nodeId, labels]          sent by both ends right after the socket opens
+//   HELLO  [0, version, nodeId, labels, session, nonce]  both ends, right after the socket opens
 //   EVENT  [1, seq, from, topic, payload]        one event; payload = the CBOR-encoded arguments
 //   BATCH  [2, seq, from, [topic, payload, ...]] several events of one tick; seq is the first one's
+//   ACK    [3, seq]                              every event up to seq has arrived (cumulative)
+//   AUTH   [4, mac]                              proof of the shared secret (only with a secret)
+//   RESUME [5, session, seq]                     "of your session `session` I have every event up
+//                                                 to seq": the link is ready; resend what is after
 //
 // - version: PROTOCOL_VERSION; a peer with another version is refused (close 4002).
 // - nodeId / from: the sender's node id (an integer >= 0). `from` must equal the id the link's
 //   HELLO announced, otherwise the frame is dropped (a spoofed sender).
-// - seq: per link and direction, starting at 1 and growing by 1 per event (a BATCH of k events
-//   covers seq .. seq + k - 1). The receiver drops an event whose seq it has already seen and
-//   logs a gap; acknowledgement and resend build on it.
+// - session: a random id per transport instance (per process). A reconnect of the same session
+//   resumes where it stopped; a new session (a restarted process) starts its sequence afresh.
+// - nonce: random bytes; with a secret, AUTH's mac is HMAC-SHA256(secret, "ditask-auth-v1",
+//   sender nonce, receiver nonce, sender id, receiver id), so a recorded AUTH never verifies
+//   again and the secret never crosses the wire.
+// - seq: per peer session pair and direction, starting at 1 and growing by 1 per event (a BATCH
+//   of k events covers seq .. seq + k - 1). The sender keeps every event until it is
+//   acknowledged and resends the unacknowledged ones after a reconnect; the receiver drops an
+//   event whose seq it has already seen, so each event is delivered exactly once, in order.
 // - topic: `task.<event>` for task events, or a router topic.
 // - payload: a CBOR byte string, kept as bytes so that a receiver can drop topics it does not
 //   listen to without decoding their arguments.
 //
-// Close codes: 1000 normal, 1008 policy (bad frame, frame before HELLO), 1009 frame too large,
-// 4001 duplicate or own node id, 4002 protocol version mismatch.
+// Handshake: each end sends HELLO; on the other's HELLO it sends AUTH (with a secret); once the
+// other's AUTH verified (or at once without a secret) it sends RESUME; a link is ready for events
+// when the other's RESUME arrived. Anything else before that closes the connection (1008).
+//
+// Close codes: 1000 normal (a peer that shuts down: it is not redialed), 1008 policy (bad frame,
+// frame before the handshake, handshake timeout), 1009 frame too large, 4001 duplicate or own
+// node id, 4002 protocol version mismatch, 4003 authentication failed, 4004 slow consumer (its
+// unacknowledged backlog passed maxOutboxBytes).
 
 import { createCborCodec } from "../../codec.ts";
 
@@ -28,6 +44,9 @@ export const PROTOCOL_VERSION = 1;
 export const FRAME_HELLO = 0;
 export const FRAME_EVENT = 1;
 export const FRAME_BATCH = 2;
+export const FRAME_ACK = 3;
+export const FRAME_AUTH = 4;
+export const FRAME_RESUME = 5;
 
 /** Close codes used by the mesh. */
 export const CLOSE_NORMAL = 1000;
@@ -35,6 +54,8 @@ export const CLOSE_POLICY = 1008;
 export const CLOSE_TOO_BIG = 1009;
 export const CLOSE_DUPLICATE_NODE = 4001;
 export const CLOSE_VERSION = 4002;
+export const CLOSE_AUTH = 4003;
+export const CLOSE_SLOW = 4004;
 
 /** A parsed HELLO frame. */
 export interface HelloFrame {
@@ -42,6 +63,27 @@ export interface HelloFrame {
   version: number;
   nodeId: number;
   labels: string[];
+  session: string;
+  nonce: string;
+}
+
+/** A parsed ACK frame. */
+export interface AckFrame {
+  kind: typeof FRAME_ACK;
+  seq: number;
+}
+
+/** A parsed AUTH frame. */
+export interface AuthFrame {
+  kind: typeof FRAME_AUTH;
+  mac: Uint8Array;
+}
+
+/** A parsed RESUME frame. */
+export interface ResumeFrame {
+  kind: typeof FRAME_RESUME;
+  session: string;
+  seq: number;
 }
 
 /** A parsed EVENT or BATCH frame, as a list of events. */
@@ -54,7 +96,7 @@ export interface EventsFrame {
 }
 
 /** Any parsed frame. */
-export type Frame = HelloFrame | EventsFrame;
+export type Frame = HelloFrame | EventsFrame | AckFrame | AuthFrame | ResumeFrame;
 
 // Byte strings decode as views into the received message (no copy).
 const envelope = createCborCodec({ tagUint8Array: false });
@@ -69,8 +111,23 @@ function isNodeId(v: unknown): v is number {
 }
 
 /** Encode a HELLO frame. */
-export function encodeHello(nodeId: number, labels: string[]): Uint8Array {
-  return envelope.encode([FRAME_HELLO, PROTOCOL_VERSION, nodeId, labels]);
+export function encodeHello(nodeId: number, labels: string[], session: string, nonce: string): Uint8Array {
+  return envelope.encode([FRAME_HELLO, PROTOCOL_VERSION, nodeId, labels, session, nonce]);
+}
+
+/** Encode an ACK frame. */
+export function encodeAck(seq: number): Uint8Array {
+  return envelope.encode([FRAME_ACK, seq]);
+}
+
+/** Encode an AUTH frame. */
+export function encodeAuth(mac: Uint8Array): Uint8Array {
+  return envelope.encode([FRAME_AUTH, mac]);
+}
+
+/** Encode a RESUME frame. */
+export function encodeResume(session: string, seq: number): Uint8Array {
+  return envelope.encode([FRAME_RESUME, session, seq]);
 }
 
 /** Encode an EVENT frame. */
@@ -98,12 +155,33 @@ export function parseFrame(bytes: Uint8Array): Frame | string {
   if (!Array.isArray(v) || v.length < 1) return "frame is not a CBOR array";
   switch (v[0]) {
     case FRAME_HELLO: {
-      const [, version, nodeId, labels] = v;
-      if (v.length !== 4) return "HELLO must have 4 items";
+      const [, version, nodeId, labels, session, nonce] = v;
       if (typeof version !== "number") return "HELLO version is not a number";
+      // Checked before the rest so that another version is refused with 4002, whatever its layout.
+      if (version !== PROTOCOL_VERSION) return { kind: FRAME_HELLO, version, nodeId: -1, labels: [], session: "", nonce: "" };
+      if (v.length !== 6) return "HELLO must have 6 items";
       if (!isNodeId(nodeId)) return "HELLO node id is not an integer >= 0";
-      if (!Array.isArray(labels) || !labels.every((l) => typeof l === "string")) return "HELLO labels are not strings";
-      return { kind: FRAME_HELLO, version, nodeId, labels };
+      if (!Array.isArray(labels) || labels.length > 1000 || !labels.every((l) => typeof l === "string")) {
+        return "HELLO labels are not strings";
+      }
+      if (typeof session !== "string" || session.length < 8 || session.length > 64) return "HELLO session is not a string of 8-64 characters";
+      if (typeof nonce !== "string" || nonce.length < 16 || nonce.length > 64) return "HELLO nonce is not a string of 16-64 characters";
+      return { kind: FRAME_HELLO, version, nodeId, labels, session, nonce };
+    }
+    case FRAME_ACK: {
+      if (v.length !== 2 || !Number.isSafeInteger(v[1]) || v[1] < 0) return "ACK seq is not an integer >= 0";
+      return { kind: FRAME_ACK, seq: v[1] };
+    }
+    case FRAME_AUTH: {
+      if (v.length !== 2 || !(v[1] instanceof Uint8Array) || v[1].byteLength !== 32) return "AUTH mac is not 32 bytes";
+      return { kind: FRAME_AUTH, mac: toBytes(v[1]) };
+    }
+    case FRAME_RESUME: {
+      const [, session, seq] = v;
+      if (v.length !== 3 || typeof session !== "string" || session.length > 64 || !Number.isSafeInteger(seq) || seq < 0) {
+        return "RESUME must be [5, session, seq]";
+      }
+      return { kind: FRAME_RESUME, session, seq };
     }
     case FRAME_EVENT: {
       const [, seq, from, topic, payload] = v;
