@@ -16,6 +16,7 @@ import {
   spawnScript,
 } from "./runtime.ts";
 import { createTransport } from "./transport/mod.ts";
+import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parseAddress } from "./transport/ws/protocol.ts";
 
 /** How workers connect. */
@@ -45,6 +46,8 @@ export interface ParallelOptions {
   redisHost?: string;
   /** Redis port (`mqType: "redis"`). */
   redisPort?: number;
+  /** Redis server as a URL, with password and TLS: `redis://:pw@host:6379/0`, `rediss://host` (`mqType: "redis"`; wins over host/port). */
+  redisUrl?: string;
   /** Re-run `main` after it throws, up to `maxRetries` times. @default false */
   autoRecover?: boolean;
   /** How often `autoRecover` may re-run `main`. @default Infinity */
@@ -57,6 +60,16 @@ export interface ParallelOptions {
   connectTimeout?: number;
   /** Prefix each line a worker prints with `[node <id>]` (coloured on a terminal). @default false */
   outputPrefix?: boolean;
+  /** A shared secret every connection must prove (HMAC challenge-response). @default the `DITASK_SECRET` environment variable */
+  secret?: string;
+  /** Serve and dial `wss` with this certificate and key (PEM), verifying peers against `ca`. tcp only. */
+  tls?: TlsOptions;
+  /** Ping each link this often, in ms. @default 2500 */
+  heartbeatInterval?: number;
+  /** A silent link is dropped, and a dropped peer that does not return is reported as left, after this many ms. @default 15000 */
+  heartbeatTimeout?: number;
+  /** The most bytes of unacknowledged events kept per peer before it is dropped as a slow consumer. @default 134217728 */
+  maxOutboxBytes?: number;
 }
 
 /** What one worker is told: its node id, where it listens, whom it dials and waits for. */
@@ -66,6 +79,7 @@ export interface WorkerPlan {
   mqType: "ws" | "nng" | "redis";
   redisHost?: string;
   redisPort?: number;
+  redisUrl?: string;
   listen: string;
   dial: string[];
   expect: number[];
@@ -75,6 +89,11 @@ export interface WorkerPlan {
   maxPayload?: number;
   connectTimeout?: number;
   errorFile?: string;
+  secret?: string;
+  tls?: TlsOptions;
+  heartbeatInterval?: number;
+  heartbeatTimeout?: number;
+  maxOutboxBytes?: number;
 }
 
 /** The environment variable that carries a worker's {@link WorkerPlan}. */
@@ -107,7 +126,6 @@ function checkInt(name: string, v: unknown, min: number): number {
  *
  * @throws {TypeError} For a value of the wrong kind (unknown topology, protocol, bad address).
  * @throws {RangeError} For a number out of range or a list of the wrong length.
- * @throws {DitaskError} For `mqType: "redis"` (not available yet).
  */
 export function normalizeOptions(options: ParallelOptions): Required<
   Pick<ParallelOptions, "topology" | "protocol" | "address" | "attachTo" | "autoRecover" | "maxRetries">
@@ -123,12 +141,7 @@ export function normalizeOptions(options: ParallelOptions): Required<
     throw new TypeError(`Unknown protocol ${JSON.stringify(protocol)}: expected "tcp" or "ipc"`);
   }
   const mqType = options.mqType ?? "ws";
-  if (mqType === "redis") {
-    throw new DitaskError('mqType "redis" is not available yet: use "ws" (the WebSocket mesh)', {
-      code: "ERR_DITASK_NOT_SUPPORTED",
-    });
-  }
-  if (mqType !== "ws" && mqType !== "nng") {
+  if (mqType !== "ws" && mqType !== "nng" && mqType !== "redis") {
     throw new TypeError(`Unknown mqType ${JSON.stringify(mqType)}: expected "ws", "nng" or "redis"`);
   }
   const nodeIds = padParam(options.nodeIds, n, 0);
@@ -154,6 +167,16 @@ export function normalizeOptions(options: ParallelOptions): Required<
   if (typeof maxRetries !== "number" || maxRetries < 0 || Number.isNaN(maxRetries)) {
     throw new RangeError(`Invalid maxRetries ${JSON.stringify(maxRetries)}: expected a number >= 0`);
   }
+  if (options.tls !== undefined) {
+    if (protocol !== "tcp") throw new TypeError('Invalid options: tls needs protocol "tcp"');
+    if (typeof options.tls.cert !== "string" || typeof options.tls.key !== "string") {
+      throw new TypeError("Invalid tls: cert and key must be PEM strings");
+    }
+  }
+  const secret = options.secret ?? getEnv("DITASK_SECRET");
+  if (secret !== undefined && (typeof secret !== "string" || secret.length === 0)) {
+    throw new TypeError("Invalid secret: expected a non-empty string");
+  }
   if (options.startupInterval !== undefined && !(options.startupInterval >= 0)) {
     throw new RangeError(`Invalid startupInterval ${JSON.stringify(options.startupInterval)}: expected a number >= 0`);
   }
@@ -167,6 +190,7 @@ export function normalizeOptions(options: ParallelOptions): Required<
     maxRetries,
     nodeIds,
     labels,
+    ...(secret !== undefined ? { secret } : {}),
   };
 }
 
@@ -192,8 +216,11 @@ export function planWorkers(
     const host = options.address.includes(":") ? `[${options.address}]` : options.address;
     return `tcp://${host}:${port}`;
   });
-  // Local peers are dialed on loopback when the bind address is a wildcard.
-  const dialable = listen.map((a) => a.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://[::]:", "tcp://[::1]:"));
+  // Local peers are dialed on loopback when the bind address is a wildcard, and over wss with TLS.
+  const dialable = listen.map((a) => {
+    const local = a.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://[::]:", "tcp://[::1]:");
+    return options.tls ? local.replace("tcp://", "wss://") : local;
+  });
   return ids.map((nodeId, i) => {
     let dial: string[];
     let expect: number[];
@@ -206,6 +233,11 @@ export function planWorkers(
     } else {
       dial = [];
       expect = [];
+    }
+    if (options.mqType === "redis") {
+      // DI-engine's redis parser ignores topology and addresses: every node talks through Redis.
+      dial = [];
+      expect = ids.filter((id) => id !== nodeId);
     }
     const plan: WorkerPlan = {
       nodeId,
@@ -222,7 +254,11 @@ export function planWorkers(
     if (options.maxPayload !== undefined) plan.maxPayload = options.maxPayload;
     if (options.redisHost !== undefined) plan.redisHost = options.redisHost;
     if (options.redisPort !== undefined) plan.redisPort = options.redisPort;
+    if (options.redisUrl !== undefined) plan.redisUrl = options.redisUrl;
     if (options.connectTimeout !== undefined) plan.connectTimeout = options.connectTimeout;
+    for (const k of ["secret", "tls", "heartbeatInterval", "heartbeatTimeout", "maxOutboxBytes"] as const) {
+      if (options[k] !== undefined) (plan as unknown as Record<string, unknown>)[k] = options[k];
+    }
     return plan;
   });
 }
@@ -268,7 +304,8 @@ async function supervise<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>,
 /** Run `main` as the node `plan` describes, in this process. */
 async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<void> {
   const transport = createTransport(plan);
-  task.router.retries = 0;
+  // A worker the launcher restarted goes on counting from its previous incarnations.
+  task.router.retries = Number(getEnv(RETRIES_ENV) ?? 0) || 0;
   task.router.attach(transport, { labels: plan.labels });
   try {
     await transport.open();
@@ -326,42 +363,58 @@ function prefixLines(from: NodeJS.ReadableStream, to: NodeJS.WriteStream, nodeId
   });
 }
 
+/** The environment variable that tells a restarted worker how often its node was re-run. */
+export const RETRIES_ENV = "DITASK_RETRIES";
+
 async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): Promise<void> {
   const script = entryScript();
   const args = scriptArgs();
   const base = envSnapshot();
-  const children: Array<{ plan: WorkerPlan; child: ChildProcess; exit: Promise<[number | null, string | null]> }> = [];
+  const live = new Set<ChildProcess>();
   let interrupted: "SIGINT" | "SIGTERM" | undefined;
+  let failure: WorkerExitError | undefined;
   const killAll = (sig: NodeJS.Signals) => {
-    for (const c of children) if (c.child.exitCode === null && c.child.signalCode === null) c.child.kill(sig);
+    for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill(sig);
   };
   const offSignals = onTerminate((sig) => {
     interrupted = sig;
     killAll("SIGTERM");
   });
-  for (const plan of plans) {
-    const env = { ...base, [WORKER_ENV]: JSON.stringify(plan), [NODE_ID_ENV]: String(plan.nodeId), DITASK_WATCH_PARENT: "1" };
+
+  /** Start the worker of `plan`; resolves with how it ended. */
+  const start = (plan: WorkerPlan, retries: number): Promise<[number | null, string | null]> => {
+    const env = {
+      ...base,
+      [WORKER_ENV]: JSON.stringify(plan),
+      [NODE_ID_ENV]: String(plan.nodeId),
+      [RETRIES_ENV]: String(retries),
+      DITASK_WATCH_PARENT: "1",
+    };
     const child = spawnScript(script, args, { env, watchParent: true, stdio: outputPrefix ? "pipe" : "inherit" });
+    live.add(child);
     if (outputPrefix) {
       prefixLines(child.stdout!, process.stdout, plan.nodeId);
       prefixLines(child.stderr!, process.stderr, plan.nodeId);
     }
-    const exit = new Promise<[number | null, string | null]>((resolve) => {
+    return new Promise((resolve) => {
       // "close" comes after the output pipes are drained, so no line is cut off.
-      child.once("close", (code, signal) => resolve([code, signal]));
+      child.once("close", (code, signal) => {
+        live.delete(child);
+        resolve([code, signal]);
+      });
       child.once("error", (err) => {
         log.error(`cannot start worker ${plan.nodeId}:`, err.message);
+        live.delete(child);
         resolve([127, null]);
       });
     });
-    children.push({ plan, child, exit });
-  }
-  // The first failure stops the others; then every worker is waited for.
-  let failure: WorkerExitError | undefined;
-  let graceTimer: ReturnType<typeof setTimeout> | undefined;
-  await Promise.all(
-    children.map(async ({ plan, exit }) => {
-      const [code, signal] = await exit;
+  };
+
+  /** Run one worker to its end, restarting a dead one when autoRecover allows; the first failure stops the rest. */
+  const supervise = async (plan: WorkerPlan) => {
+    let retries = 0;
+    for (;;) {
+      const [code, signal] = await start(plan, retries);
       if (code === 0 || failure || interrupted) return;
       let plain: PlainError | undefined;
       try {
@@ -369,14 +422,22 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
       } catch {
         plain = undefined;
       }
+      // A worker whose main threw has used its retries in-process; one that died is restarted.
+      if (!plain && plan.autoRecover && retries < plan.maxRetries) {
+        retries++;
+        log.warn(`worker ${plan.nodeId} ${signal ? `was killed by ${signal}` : `exited with code ${code}`}; restarting it (retry ${retries})`);
+        continue;
+      }
       const errOpts: ConstructorParameters<typeof WorkerExitError>[1] = { nodeId: plan.nodeId, exitCode: code, signal };
       if (plain) errOpts.cause = fromPlainError(plain);
       failure = new WorkerExitError(describeExit(plan.nodeId, code, signal, plain), errOpts);
       killAll("SIGTERM");
-      graceTimer = setTimeout(() => killAll("SIGKILL"), 5000);
-    }),
-  );
-  if (graceTimer) clearTimeout(graceTimer);
+      setTimeout(() => killAll("SIGKILL"), 5000).unref?.();
+      return;
+    }
+  };
+
+  await Promise.all(plans.map(supervise));
   offSignals();
   rmSync(dir, { recursive: true, force: true });
   if (interrupted) {

@@ -154,6 +154,19 @@ P("test_auto_recover: node 1 fails once, is re-run and talks to both peers", asy
   assert.match(r0.stdout, /node=1 .*P1 Error/);
 });
 
+P("autoRecover restarts a worker process that died; it rejoins with the same node id", async () => {
+  const r = await run("crash_restart", { autoRecover: true, maxRetries: 1 });
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(lines(r.stdout).includes("node 1 (retries 1) was welcomed back"), r.stdout);
+  assert.ok(lines(r.stdout).includes("node 0 saw node 1 back after 1 restart(s)"), r.stdout);
+});
+
+P("without autoRecover a worker killed by a signal makes the runner reject naming node and signal", async () => {
+  const r = await run("crash_restart");
+  assert.is(r.code, 3);
+  assert.match(r.stdout, /launcher error WorkerExitError node=1 code=ERR_DITASK_WORKER_EXIT: Worker 1 was killed by SIGKILL/);
+});
+
 P("topologies connect exactly the pairs they should", async () => {
   const mesh = await run("topology", { nParallelWorkers: 4, topology: "mesh" });
   assert.equal(lines(mesh.stdout).filter((l) => l.includes("peers")).sort(), [

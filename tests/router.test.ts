@@ -169,6 +169,20 @@ R("peer joined / left events carry the node id and labels", async () => {
   assert.equal(seen, ["joined 1 x", "left 1"]);
 });
 
+R("a peer leaving neither rejects a pending waitFor nor stops run(); its timeout still applies", async () => {
+  const [a, b] = await nodes(2);
+  a!.task.start();
+  const pending = a!.task.waitFor("from-b", { timeout: 50 });
+  let steps = 0;
+  a!.task.use(() => void steps++);
+  await b!.t.close();
+  await tick();
+  assert.equal(a!.task.router.peers, []);
+  await a!.task.run(3);
+  assert.is(steps, 3);
+  await pending.then(() => assert.unreachable(), (e) => assert.ok(e instanceof Error && e.name === "TimeoutError"));
+});
+
 R("an argument that cannot be encoded throws CodecError naming the event", async () => {
   const [a] = await nodes(1);
   a!.task.start();

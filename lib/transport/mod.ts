@@ -1,5 +1,6 @@
 import type { Transport } from "./types.ts";
-import { WsMeshTransport, type WsMeshOptions } from "./ws/mod.ts";
+import { type TlsOptions, WsMeshTransport, type WsMeshOptions } from "./ws/mod.ts";
+import { RedisTransport, type RedisTransportOptions } from "./redis/mod.ts";
 
 /** Everything a node needs to build its transport (a worker's plan, less the process details). */
 export interface NodeTransportOptions {
@@ -12,14 +13,44 @@ export interface NodeTransportOptions {
   labels: string[];
   maxPayload?: number;
   connectTimeout?: number;
+  /** A shared secret every mesh connection must prove. */
+  secret?: string;
+  /** TLS material for `wss`. */
+  tls?: TlsOptions;
+  heartbeatInterval?: number;
+  heartbeatTimeout?: number;
+  maxOutboxBytes?: number;
   redisHost?: string;
   redisPort?: number;
+  /** `redis://[[user]:password@]host[:port][/db]` or `rediss://...` (wins over host/port). */
+  redisUrl?: string;
 }
 
-/** Build the transport a node's plan asks for. */
+/**
+ * Build the transport a node's plan asks for: the WebSocket mesh, or Redis pub/sub for
+ * `mqType: "redis"` (where `listen` and `dial` are not used: every node talks through Redis).
+ *
+ * @param o The node's plan.
+ * @returns The transport, not opened yet.
+ * @throws {TypeError} If an address, the node id or a Redis option is invalid.
+ * @example
+ * ```ts
+ * const t = createTransport({ nodeId: 0, mqType: "redis", listen: "", dial: [], expect: [1], labels: [], redisPort: 6379 });
+ * await t.open();
+ * ```
+ */
 export function createTransport(o: NodeTransportOptions): Transport {
+  if (o.mqType === "redis") {
+    const r: RedisTransportOptions = { nodeId: o.nodeId, expect: o.expect, labels: o.labels };
+    if (o.redisUrl !== undefined) r.redisUrl = o.redisUrl;
+    if (o.redisHost !== undefined) r.redisHost = o.redisHost;
+    if (o.redisPort !== undefined) r.redisPort = o.redisPort;
+    if (o.connectTimeout !== undefined) r.connectTimeout = o.connectTimeout;
+    return new RedisTransport(r);
+  }
   const opts: WsMeshOptions = { nodeId: o.nodeId, listen: o.listen, dial: o.dial, expect: o.expect, labels: o.labels };
-  if (o.maxPayload !== undefined) opts.maxPayload = o.maxPayload;
-  if (o.connectTimeout !== undefined) opts.connectTimeout = o.connectTimeout;
+  for (const k of ["maxPayload", "connectTimeout", "secret", "tls", "heartbeatInterval", "heartbeatTimeout", "maxOutboxBytes"] as const) {
+    if (o[k] !== undefined) (opts as unknown as Record<string, unknown>)[k] = o[k];
+  }
   return new WsMeshTransport(opts);
 }

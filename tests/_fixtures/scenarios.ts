@@ -249,6 +249,26 @@ const mains: Record<string, () => Promise<void>> = {
     });
   },
 
+  // Worker restart: node 1's first process dies by SIGKILL; the launcher restarts it (autoRecover)
+  // and the new process rejoins with the same node id.
+  async crash_restart() {
+    await task.start({}, async () => {
+      if (id() === 1) {
+        if (task.router.retries === 0) process.kill(process.pid, "SIGKILL");
+        const welcome = task.waitFor("welcome", { timeout: 20_000 });
+        task.emit("back", task.router.retries);
+        await welcome;
+        say(`node 1 (retries ${task.router.retries}) was welcomed back`);
+      } else {
+        const [retries] = await task.waitFor("back", { timeout: 20_000 });
+        task.emit("welcome");
+        say(`node 0 saw node 1 back after ${retries} restart(s)`);
+        // Stay until node 1 got the welcome (it leaves right after).
+        await new Promise((resolve) => task.router.once(PEER_LEFT, resolve));
+      }
+    });
+  },
+
   // Workers that wait until killed: for the signal tests.
   async hang() {
     say(`node ${id()} pid ${process.pid}`);
