@@ -1,4 +1,5 @@
 import type { PeerEvent, Transport, TransportMessage } from "./types.ts";
+import { TransportListeners } from "./_listeners.ts";
 import { TransportError } from "../errors.ts";
 
 /**
@@ -24,16 +25,15 @@ export class MemoryHub {
  * A {@link Transport} that delivers through a {@link MemoryHub}. Delivery is asynchronous (a
  * microtask later) and ordered per sender and receiver, like a network link.
  */
-export class MemoryTransport implements Transport {
+export class MemoryTransport extends TransportListeners implements Transport {
   readonly nodeId: number;
   readonly labels: string[];
   #hub: MemoryHub;
   #open = false;
-  #msg = new Set<(m: TransportMessage) => void>();
-  #peer = new Set<(e: PeerEvent) => void>();
-  #err = new Set<(e: Error) => void>();
+  #inbox = (m: TransportMessage) => this.fireMessage(m);
 
   constructor(hub: MemoryHub, nodeId: number, labels: string[] = []) {
+    super();
     this.#hub = hub;
     this.nodeId = nodeId;
     this.labels = labels;
@@ -64,7 +64,7 @@ export class MemoryTransport implements Transport {
     for (const other of this.#hub.nodes.values()) {
       if (other === this) continue;
       queueMicrotask(() => {
-        if (other.#open) for (const fn of other.#msg) fn({ topic, payload: copy, from });
+        if (other.#open) other.#inbox({ topic, payload: copy, from });
       });
     }
   }
@@ -72,21 +72,8 @@ export class MemoryTransport implements Transport {
   subscribe(_topic: string): void {}
   unsubscribe(_topic: string): void {}
 
-  onMessage(fn: (m: TransportMessage) => void): () => void {
-    this.#msg.add(fn);
-    return () => this.#msg.delete(fn);
-  }
-  onPeer(fn: (e: PeerEvent) => void): () => void {
-    this.#peer.add(fn);
-    return () => this.#peer.delete(fn);
-  }
-  onError(fn: (e: Error) => void): () => void {
-    this.#err.add(fn);
-    return () => this.#err.delete(fn);
-  }
-
   #firePeer(e: PeerEvent): void {
-    for (const fn of this.#peer) fn(e);
+    this.firePeer(e);
   }
 
   close(): Promise<void> {

@@ -5,7 +5,8 @@ import { existsSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
-import type { PeerEvent, Transport, TransportMessage } from "../types.ts";
+import type { Transport } from "../types.ts";
+import { TransportListeners } from "../_listeners.ts";
 import { TransportError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import {
@@ -167,7 +168,7 @@ function randomId(bytes: number): string {
  * await Promise.all([a.open(), b.open()]);
  * ```
  */
-export class WsMeshTransport implements Transport {
+export class WsMeshTransport extends TransportListeners implements Transport {
   readonly nodeId: number;
   readonly labels: string[];
   /** This instance's session id (see the protocol). */
@@ -190,9 +191,6 @@ export class WsMeshTransport implements Transport {
   // Last seq received from sessions of peers we forgot, so a peer that returns resumes correctly.
   #recvMemory = new Map<string, number>();
   #links = new Set<Link>();
-  #msg = new Set<(m: TransportMessage) => void>();
-  #peer = new Set<(e: PeerEvent) => void>();
-  #err = new Set<(e: Error) => void>();
   #closed = false;
   #opened: Promise<void> | undefined;
   #flushScheduled = false;
@@ -204,6 +202,7 @@ export class WsMeshTransport implements Transport {
    * @throws {TypeError} If the node id, an address or a number option is invalid.
    */
   constructor(options: WsMeshOptions) {
+    super();
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0) {
       throw new TypeError(`Invalid nodeId ${options.nodeId}: expected an integer >= 0`);
     }
@@ -615,7 +614,7 @@ export class WsMeshTransport implements Transport {
     log.debug(`node ${this.nodeId}: peer ${id} ${joined ? "joined" : "resumed"} (${link.dialed ? "dialed" : "accepted"})`);
     const done = link.onReady;
     link.onReady = undefined;
-    if (joined) for (const fn of this.#peer) fn({ type: "joined", nodeId: id, labels: p.labels });
+    if (joined) this.firePeer({ type: "joined", nodeId: id, labels: p.labels });
     done?.();
     this.#flushPeer(p);
   }
@@ -648,7 +647,7 @@ export class WsMeshTransport implements Transport {
       if (seq <= p.recvSeq) continue; // a resent event we already delivered
       p.recvSeq = seq;
       const msg = { topic: frame.items[2 * i] as string, payload: frame.items[2 * i + 1] as Uint8Array, from };
-      for (const fn of this.#msg) fn(msg);
+      this.fireMessage(msg);
       if (p.link !== link) break; // a listener closed this transport or the link
     }
     p.unacked += n;
@@ -720,7 +719,7 @@ export class WsMeshTransport implements Transport {
     p.outboxBytes = 0;
     p.queue = [];
     p.queueBytes = 0;
-    for (const fn of this.#peer) fn({ type: "left", nodeId: p.nodeId, labels: p.labels });
+    this.firePeer({ type: "left", nodeId: p.nodeId, labels: p.labels });
     if (this.#drainWaiters.size > 0) this.#checkDrained();
   }
 
@@ -807,22 +806,8 @@ export class WsMeshTransport implements Transport {
   subscribe(_topic: string): void {}
   unsubscribe(_topic: string): void {}
 
-  onMessage(fn: (m: TransportMessage) => void): () => void {
-    this.#msg.add(fn);
-    return () => this.#msg.delete(fn);
-  }
-  onPeer(fn: (e: PeerEvent) => void): () => void {
-    this.#peer.add(fn);
-    return () => this.#peer.delete(fn);
-  }
-  onError(fn: (e: Error) => void): () => void {
-    this.#err.add(fn);
-    return () => this.#err.delete(fn);
-  }
-
   #fail(err: Error): void {
-    if (this.#err.size === 0) log.warn(`node ${this.nodeId}:`, err.message);
-    for (const fn of this.#err) fn(err);
+    if (!this.fireError(err)) log.warn(`node ${this.nodeId}:`, err.message);
   }
 
   /**
