@@ -21,6 +21,8 @@ export interface Codec {
   decode(bytes: Uint8Array): unknown;
 }
 
+const WARM_UP = new Uint8Array(1024 * 1024);
+
 /** Options of {@link createCborCodec}. */
 export interface CborCodecOptions {
   /**
@@ -49,6 +51,10 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
     useTag259ForMaps: true,
     tagUint8Array: options.tagUint8Array ?? true,
   } as ConstructorParameters<typeof cbor.Encoder>[0]);
+  // cbor-x encodes into a shared buffer and starts a new one of the same size when fewer than
+  // 2 KiB remain; it starts at 8 KiB, so small messages would need a new buffer every few encodes.
+  // One large encode up front makes that buffer 1 MiB.
+  enc.encode(WARM_UP);
   return {
     encode(value: unknown): Uint8Array {
       try {

@@ -15,6 +15,19 @@ export const TASK_TOPIC_PREFIX = "task.";
 /** How many unhandled remote events the start-up hold keeps at most (oldest dropped past it). */
 export const MAX_HELD_EVENTS = 100_000;
 
+// Topic -> task event name (undefined for router topics), cached: the same few topics recur.
+const taskEvents = new Map<string, string | undefined>();
+
+function taskEvent(topic: string): string | undefined {
+  let e = taskEvents.get(topic);
+  if (e === undefined && !taskEvents.has(topic)) {
+    e = topic.startsWith(TASK_TOPIC_PREFIX) ? topic.slice(TASK_TOPIC_PREFIX.length) : undefined;
+    if (taskEvents.size >= 4096) taskEvents.clear();
+    taskEvents.set(topic, e);
+  }
+  return e;
+}
+
 /** What the router needs from the task it serves. */
 export interface TaskSink {
   /** Whether the task has a listener for `event`. */
@@ -152,6 +165,7 @@ export class Router {
   endStartup(): void {
     if (!this.#holding) return;
     this.#holding = false;
+    this.#transport?.endStartup?.();
     if (this.#held.length + this.#heldDropped > 0) {
       log.debug(
         `node ${this.#nodeId}: start-up hold ended; ${this.#held.length + this.#heldDropped} event(s) had no listener`,
@@ -236,9 +250,8 @@ export class Router {
   }
 
   #wants(topic: string): boolean {
-    if (topic.startsWith(TASK_TOPIC_PREFIX)) {
-      return this.#sink?.has(topic.slice(TASK_TOPIC_PREFIX.length)) ?? false;
-    }
+    const event = taskEvent(topic);
+    if (event !== undefined) return this.#sink?.has(event) ?? false;
     return this.#bus.has(topic);
   }
 
@@ -268,10 +281,15 @@ export class Router {
   }
 
   #dispatch(topic: string, args: unknown[], from: number): void {
-    this.withSender(from, () => {
-      if (topic.startsWith(TASK_TOPIC_PREFIX)) this.#sink?.deliver(topic.slice(TASK_TOPIC_PREFIX.length), args);
+    const prev = this.#sender;
+    this.#sender = from;
+    try {
+      const event = taskEvent(topic);
+      if (event !== undefined) this.#sink?.deliver(event, args);
       else this.#bus.emit(topic, args);
-    });
+    } finally {
+      this.#sender = prev;
+    }
   }
 
   #replay(topic: string, isTask: boolean): void {

@@ -1,6 +1,8 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
+  encodeEvents,
+  LARGE_PAYLOAD,
   encodeAck,
   encodeAuth,
   encodeResume,
@@ -54,6 +56,23 @@ P("EVENT carries seq, sender, topic and the payload bytes", () => {
   assert.equal(parseFrame(hand), { kind: FRAME_EVENT, seq: 1, from: 0, items: ["t", new Uint8Array([9])] });
 });
 
+P("encodeEvents() writes the same bytes as cbor-x; a large single payload is split off, not copied", () => {
+  const items = ["task.a", new Uint8Array([1, 2]), "b", new Uint8Array(300)];
+  assert.equal([...(encodeEvents(70000, 3, items) as Uint8Array)], [...encodeBatch(70000, 3, items)]);
+  assert.equal([...(encodeEvents(1, 0, ["t", new Uint8Array([9])]) as Uint8Array)], [...encodeEvent(1, 0, "t", new Uint8Array([9]))]);
+  const big = new Uint8Array(LARGE_PAYLOAD + 1).fill(5);
+  const parts = encodeEvents(2, 1, ["big", big]);
+  assert.ok(Array.isArray(parts));
+  const [head, payload] = parts as [Uint8Array, Uint8Array];
+  assert.is(payload, big);
+  const whole = new Uint8Array(head.length + payload.length);
+  whole.set(head);
+  whole.set(payload, head.length);
+  assert.equal([...whole.subarray(0, 20)], [...encodeEvent(2, 1, "big", big).subarray(0, 20)]);
+  const f = parseFrame(whole) as { items: Uint8Array[] };
+  assert.is(f.items[1]!.byteLength, big.byteLength);
+});
+
 P("BATCH parses into topic/payload pairs", () => {
   const f = parseFrame(encodeBatch(5, 1, ["a", new Uint8Array([1]), "b", new Uint8Array([2])]));
   assert.equal(f, { kind: FRAME_EVENT, seq: 5, from: 1, items: ["a", new Uint8Array([1]), "b", new Uint8Array([2])] });
@@ -62,7 +81,9 @@ P("BATCH parses into topic/payload pairs", () => {
 P("bad frames are reported, never thrown", () => {
   const cases: Array<[number[], RegExp]> = [
     [[0xff], /malformed CBOR/],
-    [[0x85, 0x01], /malformed CBOR/], // truncated
+    [[0x85, 0x01], /ends early/], // truncated
+    [[0x85, 0x01, 0x01, 0x00, 0x61, 0x74, 0x45, 0x01], /ends early/], // payload longer than the frame
+    [[0x85, 0x01, 0x01, 0x00, 0x62, 0xc3, 0x28, 0x40], /UTF-8/],
     [[0x05], /not a CBOR array/],
     [[0x80], /not a CBOR array/],
     [[0x81, 0x09], /unknown frame kind 9/],

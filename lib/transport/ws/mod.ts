@@ -20,8 +20,7 @@ import {
   dialUrl,
   encodeAck,
   encodeAuth,
-  encodeBatch,
-  encodeEvent,
+  encodeEvents,
   encodeHello,
   encodeResume,
   type EventsFrame,
@@ -32,6 +31,7 @@ import {
   FRAME_RESUME,
   formatAddress,
   type HelloFrame,
+  LARGE_PAYLOAD,
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,
@@ -76,9 +76,11 @@ export interface WsMeshOptions {
    */
   heartbeatTimeout?: number;
   /**
-   * The most bytes of unacknowledged events kept for one peer. A peer that falls further behind
-   * is a slow consumer: its link is closed (4004), it is reported as left, and what it had not
-   * acknowledged is dropped (logged with the count). @default 134217728 (128 MiB)
+   * The most bytes of unacknowledged events kept for one peer. A peer that falls further behind,
+   * or that acknowledges nothing for `heartbeatTimeout` while events wait for it, is a slow
+   * consumer: its link is closed (4004), it is reported as left, and what it had not acknowledged
+   * is dropped (logged with the count). Producers of large streams can `await drain()`.
+   * @default 268435456 (256 MiB)
    */
   maxOutboxBytes?: number;
 }
@@ -101,7 +103,9 @@ interface Link {
 
 interface OutFrame {
   last: number;
-  frame: Uint8Array;
+  /** One buffer, or a head and a large payload sent as two fragments of one message. */
+  frame: Uint8Array | [Uint8Array, Uint8Array];
+  bytes: number;
 }
 
 interface PeerState {
@@ -113,6 +117,8 @@ interface PeerState {
   sendSeq: number;
   /** Highest seq the peer acknowledged. */
   acked: number;
+  /** When the peer last acknowledged something, or when events started waiting for it. */
+  progressAt: number;
   /** Framed, unacknowledged events, oldest first. */
   outbox: OutFrame[];
   outboxBytes: number;
@@ -130,13 +136,21 @@ interface PeerState {
 
 const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
 /** A peer's queued events are framed at once when they reach this many bytes. */
-const MAX_BATCH_BYTES = 1024 * 1024;
+const MAX_BATCH_BYTES = 128 * 1024; // larger fresh buffers cost page faults on every frame
 /** Acknowledge after this many events, or after ACK_DELAY ms. */
 const ACK_EVERY = 512;
 const ACK_DELAY = 5;
 const HANDSHAKE_TIMEOUT = 10_000;
 const MAX_PENDING_LINKS = 256;
 const AUTH_CONTEXT = "ditask-auth-v1";
+
+/** Send a frame: one message, or a head and a payload as two fragments of one message. */
+function sendFrame(ws: WebSocket, frame: Uint8Array | [Uint8Array, Uint8Array]): void {
+  if (Array.isArray(frame)) {
+    ws.send(frame[0], { binary: true, fin: false });
+    ws.send(frame[1], { binary: true, fin: true });
+  } else ws.send(frame);
+}
 
 function zeroMask(mask: Uint8Array): void {
   mask.fill(0);
@@ -217,7 +231,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     this.#tls = options.tls;
     this.#hbInterval = options.heartbeatInterval ?? 2500;
     this.#hbTimeout = options.heartbeatTimeout ?? 15_000;
-    this.#maxOutbox = options.maxOutboxBytes ?? 128 * 1024 * 1024;
+    this.#maxOutbox = options.maxOutboxBytes ?? 256 * 1024 * 1024;
     for (const [name, v] of [
       ["maxPayload", this.#maxPayload],
       ["connectTimeout", this.#connectTimeout],
@@ -468,6 +482,11 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         if (Date.now() - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
         return;
       }
+      const p = link.peer;
+      if (p.outbox.length > 0 && Date.now() - p.progressAt > this.#hbTimeout) {
+        this.#slow(p, `it acknowledged nothing for ${this.#hbTimeout} ms`);
+        return;
+      }
       if (Date.now() - link.lastSeen > this.#hbTimeout) {
         log.warn(`node ${this.nodeId}: node ${link.peer.nodeId} silent for ${this.#hbTimeout} ms; dropping its link`);
         ws.terminate();
@@ -586,6 +605,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         link: undefined,
         sendSeq: 0,
         acked: 0,
+        progressAt: Date.now(),
         outbox: [],
         outboxBytes: 0,
         queue: [],
@@ -610,7 +630,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (!joined || theirRecv === 0) p.recvSeq = Math.max(p.recvSeq, this.#recvMemory.get(p.session) ?? 0);
     this.#recvMemory.delete(p.session);
     this.#onAck(p, theirRecv);
-    for (const f of p.outbox) link.ws.send(f.frame);
+    for (const f of p.outbox) sendFrame(link.ws, f.frame);
     log.debug(`node ${this.nodeId}: peer ${id} ${joined ? "joined" : "resumed"} (${link.dialed ? "dialed" : "accepted"})`);
     const done = link.onReady;
     link.onReady = undefined;
@@ -620,11 +640,14 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   #onAck(p: PeerState, seq: number): void {
-    if (seq > p.acked) p.acked = seq;
+    if (seq > p.acked) {
+      p.acked = seq;
+      p.progressAt = Date.now();
+    }
     const box = p.outbox;
     let i = 0;
     while (i < box.length && box[i]!.last <= seq) {
-      p.outboxBytes -= box[i]!.frame.byteLength;
+      p.outboxBytes -= box[i]!.bytes;
       i++;
     }
     if (i > 0) box.splice(0, i);
@@ -753,22 +776,39 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (q.length === 0) return;
     p.queue = [];
     p.queueBytes = 0;
-    const n = q.length / 2;
+    // Small events share a frame; a large payload goes in a frame of its own, sent without a copy.
+    let from = 0;
+    for (let i = 0; i < q.length; i += 2) {
+      if ((q[i + 1] as Uint8Array).byteLength < LARGE_PAYLOAD) continue;
+      if (i > from) this.#frame(p, q.slice(from, i));
+      this.#frame(p, q.slice(i, i + 2));
+      from = i + 2;
+    }
+    if (from < q.length) this.#frame(p, from === 0 ? q : q.slice(from));
+  }
+
+  #frame(p: PeerState, items: Array<string | Uint8Array>): void {
+    if (this.#peers.get(p.nodeId) !== p) return; // dropped as a slow consumer meanwhile
     const seq = p.sendSeq + 1;
-    p.sendSeq += n;
-    const frame = n === 1
-      ? encodeEvent(seq, this.nodeId, q[0] as string, q[1] as Uint8Array)
-      : encodeBatch(seq, this.nodeId, q);
-    p.outbox.push({ last: p.sendSeq, frame });
-    p.outboxBytes += frame.byteLength;
+    p.sendSeq += items.length / 2;
+    const frame = encodeEvents(seq, this.nodeId, items);
+    const bytes = Array.isArray(frame) ? frame[0].byteLength + frame[1].byteLength : frame.byteLength;
+    if (p.outbox.length === 0) p.progressAt = Date.now();
+    p.outbox.push({ last: p.sendSeq, frame, bytes });
+    p.outboxBytes += bytes;
     if (p.outboxBytes > this.#maxOutbox) {
-      const link = p.link;
-      log.warn(`node ${this.nodeId}: node ${p.nodeId} is a slow consumer: ${p.outboxBytes} bytes not acknowledged (max ${this.#maxOutbox})`);
-      this.#forget(p, "slow consumer");
-      link?.ws.close(CLOSE_SLOW, "slow consumer");
+      this.#slow(p, `${p.outboxBytes} bytes not acknowledged (max ${this.#maxOutbox})`);
       return;
     }
-    p.link?.ws.send(frame);
+    if (p.link) sendFrame(p.link.ws, frame);
+  }
+
+  /** Drop `p` as a slow consumer: close its link (4004) and report it as left. */
+  #slow(p: PeerState, why: string): void {
+    const link = p.link;
+    log.warn(`node ${this.nodeId}: node ${p.nodeId} is a slow consumer: ${why}`);
+    this.#forget(p, "slow consumer");
+    link?.ws.close(CLOSE_SLOW, "slow consumer");
   }
 
   /**

@@ -35,6 +35,7 @@
 // node id, 4002 protocol version mismatch, 4003 authentication failed, 4004 slow consumer (its
 // unacknowledged backlog passed maxOutboxBytes).
 
+import { Buffer } from "node:buffer";
 import { createCborCodec } from "../../codec.ts";
 
 /** The version every HELLO carries. */
@@ -130,14 +131,177 @@ export function encodeResume(session: string, seq: number): Uint8Array {
   return envelope.encode([FRAME_RESUME, session, seq]);
 }
 
-/** Encode an EVENT frame. */
+// EVENT and BATCH frames are the hot path: they are written and read by hand (plain CBOR, the same
+// bytes cbor-x would produce), into one buffer of the exact size, with no intermediate objects.
+
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+// CBOR text items (head + UTF-8) of recent topics.
+const topicItems = new Map<string, Uint8Array>();
+
+function headSize(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
+}
+
+function writeHead(buf: Uint8Array, pos: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    buf[pos] = m | n;
+    return pos + 1;
+  }
+  if (n < 0x100) {
+    buf[pos] = m | 24;
+    buf[pos + 1] = n;
+    return pos + 2;
+  }
+  if (n < 0x10000) {
+    buf[pos] = m | 25;
+    buf[pos + 1] = n >>> 8;
+    buf[pos + 2] = n & 0xff;
+    return pos + 3;
+  }
+  if (n < 0x100000000) {
+    buf[pos] = m | 26;
+    buf[pos + 1] = n >>> 24;
+    buf[pos + 2] = (n >>> 16) & 0xff;
+    buf[pos + 3] = (n >>> 8) & 0xff;
+    buf[pos + 4] = n & 0xff;
+    return pos + 5;
+  }
+  buf[pos] = m | 27;
+  const hi = Math.floor(n / 0x100000000);
+  const lo = n >>> 0;
+  for (let i = 0; i < 4; i++) buf[pos + 1 + i] = (hi >>> (24 - 8 * i)) & 0xff;
+  for (let i = 0; i < 4; i++) buf[pos + 5 + i] = (lo >>> (24 - 8 * i)) & 0xff;
+  return pos + 9;
+}
+
+function topicItem(topic: string): Uint8Array {
+  let item = topicItems.get(topic);
+  if (item) return item;
+  const bytes = utf8.encode(topic);
+  item = new Uint8Array(headSize(bytes.length) + bytes.length);
+  item.set(bytes, writeHead(item, 0, 3, bytes.length));
+  if (topicItems.size >= 4096) topicItems.clear();
+  topicItems.set(topic, item);
+  return item;
+}
+
+/** Payloads at least this large are sent as a WebSocket fragment of their own, not copied into the frame. */
+export const LARGE_PAYLOAD = 64 * 1024;
+
+/**
+ * Encode a frame of events: an EVENT frame for one, a BATCH frame for several. `items` is topic,
+ * payload, topic, payload, ...; `seq` is the first event's sequence number.
+ *
+ * @returns One buffer; or, for a single event whose payload is at least {@link LARGE_PAYLOAD}
+ *   bytes, the frame's head and the payload itself, to be sent as two fragments of one message
+ *   (so the payload is never copied).
+ */
+export function encodeEvents(seq: number, from: number, items: Array<string | Uint8Array>): Uint8Array | [Uint8Array, Uint8Array] {
+  const n = items.length / 2;
+  let size = 1 + 1 + headSize(seq) + headSize(from) + (n === 1 ? 0 : headSize(items.length));
+  for (let i = 0; i < items.length; i += 2) {
+    const len = (items[i + 1] as Uint8Array).byteLength;
+    size += topicItem(items[i] as string).byteLength + headSize(len) + len;
+  }
+  const split = n === 1 && (items[1] as Uint8Array).byteLength >= LARGE_PAYLOAD;
+  const payloadLen = (items[1] as Uint8Array).byteLength;
+  // Not zero-filled: every byte is written below (a fresh zeroed buffer costs ~1 ms per MiB).
+  const buf: Uint8Array = Buffer.allocUnsafe(split ? size - payloadLen : size);
+  buf[0] = n === 1 ? 0x85 : 0x84;
+  buf[1] = n === 1 ? FRAME_EVENT : FRAME_BATCH;
+  let pos = writeHead(buf, 2, 0, seq);
+  pos = writeHead(buf, pos, 0, from);
+  if (n > 1) pos = writeHead(buf, pos, 4, items.length);
+  for (let i = 0; i < items.length; i += 2) {
+    const t = topicItem(items[i] as string);
+    buf.set(t, pos);
+    pos += t.byteLength;
+    const payload = items[i + 1] as Uint8Array;
+    pos = writeHead(buf, pos, 2, payload.byteLength);
+    if (split) return [buf, payload];
+    buf.set(payload, pos);
+    pos += payload.byteLength;
+  }
+  return buf;
+}
+
+/** Encode an EVENT frame as one buffer. */
 export function encodeEvent(seq: number, from: number, topic: string, payload: Uint8Array): Uint8Array {
   return envelope.encode([FRAME_EVENT, seq, from, topic, payload]);
 }
 
-/** Encode a BATCH frame of `items` (topic, payload, topic, payload, ...). */
+/** Encode a BATCH frame of `items` (topic, payload, topic, payload, ...) as one buffer. */
 export function encodeBatch(seq: number, from: number, items: Array<string | Uint8Array>): Uint8Array {
   return envelope.encode([FRAME_BATCH, seq, from, items]);
+}
+
+/** Read a CBOR head of major type `major` at `pos`; returns [value, next position] or a reason. */
+function readHead(b: Uint8Array, pos: number, major: number, what: string): [number, number] | string {
+  if (pos >= b.length) return `${what}: frame ends early`;
+  const first = b[pos]!;
+  if (first >> 5 !== major) return `${what}: wrong CBOR type`;
+  const info = first & 31;
+  if (info < 24) return [info, pos + 1];
+  const len = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
+  if (len === 0) return `${what}: indefinite or reserved length`;
+  if (pos + 1 + len > b.length) return `${what}: frame ends early`;
+  let v = 0;
+  for (let i = 1; i <= len; i++) v = v * 256 + b[pos + i]!;
+  if (!Number.isSafeInteger(v)) return `${what}: too large`;
+  return [v, pos + 1 + len];
+}
+
+function readText(b: Uint8Array, pos: number, what: string): [string, number] | string {
+  const h = readHead(b, pos, 3, what);
+  if (typeof h === "string") return h;
+  const [len, start] = h;
+  if (start + len > b.length) return `${what}: frame ends early`;
+  let ascii = len <= 128;
+  for (let i = start; ascii && i < start + len; i++) if (b[i]! >= 0x80) ascii = false;
+  if (ascii) return [String.fromCharCode.apply(null, b.subarray(start, start + len) as unknown as number[]), start + len];
+  try {
+    return [utf8Decoder.decode(b.subarray(start, start + len)), start + len];
+  } catch {
+    return `${what}: invalid UTF-8`;
+  }
+}
+
+/** Parse an EVENT or BATCH frame by hand (the hot path); the payloads are views into `b`. */
+function parseEvents(b: Uint8Array): EventsFrame | string {
+  const batch = b[1] === FRAME_BATCH;
+  if (b[0] !== (batch ? 0x84 : 0x85)) return batch ? "BATCH must have 4 items" : "EVENT must have 5 items";
+  const what = batch ? "BATCH" : "EVENT";
+  const s = readHead(b, 2, 0, `${what} seq`);
+  if (typeof s === "string") return s;
+  if (s[0] < 1) return `${what} seq is not an integer >= 1`;
+  const f = readHead(b, s[1], 0, `${what} sender`);
+  if (typeof f === "string") return f;
+  if (f[0] > 0xffffffff) return `${what} sender is not an integer >= 0`;
+  let pos = f[1];
+  let count = 2;
+  if (batch) {
+    const h = readHead(b, pos, 4, "BATCH items");
+    if (typeof h === "string") return "BATCH items are not topic/payload pairs";
+    [count, pos] = h;
+    if (count === 0 || count % 2 !== 0) return "BATCH items are not topic/payload pairs";
+    if (count > b.length) return "BATCH items: frame ends early";
+  }
+  const items: Array<string | Uint8Array> = new Array(count);
+  for (let i = 0; i < count; i += 2) {
+    const t = readText(b, pos, `${what} topic`);
+    if (typeof t === "string") return t;
+    items[i] = t[0];
+    const p = readHead(b, t[1], 2, `${what} payload`);
+    if (typeof p === "string") return p;
+    const [len, start] = p;
+    if (start + len > b.length) return `${what} payload: frame ends early`;
+    items[i + 1] = new Uint8Array(b.buffer, b.byteOffset + start, len);
+    pos = start + len;
+  }
+  if (pos !== b.length) return `${what}: trailing bytes`;
+  return { kind: FRAME_EVENT, seq: s[0], from: f[0], items };
 }
 
 /**
@@ -146,6 +310,9 @@ export function encodeBatch(seq: number, from: number, items: Array<string | Uin
  * @returns The frame, or a string that says why the bytes are not a valid frame.
  */
 export function parseFrame(bytes: Uint8Array): Frame | string {
+  if (bytes.length >= 2 && (bytes[1] === FRAME_EVENT || bytes[1] === FRAME_BATCH) && (bytes[0]! >> 5) === 4) {
+    return parseEvents(bytes);
+  }
   let v: unknown;
   try {
     v = envelope.decode(bytes);
