@@ -68,7 +68,7 @@ export interface ParallelOptions {
   heartbeatInterval?: number;
   /** A silent link is dropped, and a dropped peer that does not return is reported as left, after this many ms. @default 15000 */
   heartbeatTimeout?: number;
-  /** The most bytes of unacknowledged events kept per peer before it is dropped as a slow consumer. @default 134217728 */
+  /** The most bytes of unacknowledged events kept per peer before it is dropped as a slow consumer. @default 268435456 */
   maxOutboxBytes?: number;
 }
 

@@ -211,6 +211,20 @@ export class Router {
     this.#transport.publish(topic, this.#encode(topic, args));
   }
 
+  /**
+   * Resolve when every event sent so far has been acknowledged by every connected peer (at once
+   * while inactive, or with a transport that does not track delivery): back-pressure for
+   * producers of large streams.
+   *
+   * @example
+   * ```ts
+   * for (const batch of trajectories) { task.emit("trajectory", batch); await task.router.drain(); }
+   * ```
+   */
+  async drain(): Promise<void> {
+    await this.#transport?.drain?.();
+  }
+
   /** @internal Send a task event to the peers. */
   publishTask(event: string, args: unknown[]): void {
     if (!this.#transport) return;
