@@ -20,7 +20,7 @@ export interface PeerEvent {
 /**
  * Moves bytes between nodes under topics. A transport never delivers a node's own messages back
  * to it, keeps the order of messages per sender and receiver, and knows nothing of tasks, events
- * or codecs. The WebSocket mesh and the in-memory hub implement it; Redis will too.
+ * or codecs. The WebSocket mesh, the in-memory hub and Redis implement it.
  */
 export interface Transport {
   /** This node's id. */
@@ -44,6 +44,14 @@ export interface Transport {
   onPeer(fn: (ev: PeerEvent) => void): () => void;
   /** Receive background errors (a failed dial, a bad frame); returns a function that stops it. */
   onError(fn: (err: Error) => void): () => void;
+  /**
+   * Optional: the router's start-up hold has ended. A transport that filters by topic (Redis)
+   * receives every topic until then, so that the router can hold events that arrive before their
+   * listener; afterwards it receives only the subscribed topics. Idempotent.
+   */
+  endStartup?(): void;
+  /** Optional: resolve when every message published so far has reached every peer (back-pressure). */
+  drain?(): Promise<void>;
   /** Send what is queued and close every connection. Idempotent. */
   close(): Promise<void>;
 }
