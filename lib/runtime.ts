@@ -131,10 +131,12 @@ let typeScriptReady: Promise<"native" | "tsx"> | undefined;
  * Make `import()` of TypeScript files (`.ts`, `.mts`, `.cts`, `.tsx`) work in this process. Deno
  * runs TypeScript itself, and so does a Node that strips types (`process.features.typescript`,
  * Node 22.18+); on Node 20 the loader of the npm package `tsx` is registered in-process with
- * `node:module` `register()` (through `tsx/esm/api` and `tsx/cjs/api`). Workers re-run the entry script, which calls
- * this again, so nothing has to be added to `execArgv`. Calling it again does nothing more.
+ * `node:module` `register()` (through `tsx/esm/api` and `tsx/cjs/api`). Workers re-run the entry
+ * script, which calls this again, so nothing has to be added to `execArgv`. Calling it again does
+ * nothing more.
  *
- * @returns `"native"` when the runtime runs TypeScript by itself, `"tsx"` when the tsx loader was registered.
+ * @returns `"native"` when the runtime runs TypeScript by itself, `"tsx"` when the tsx loader was
+ *   registered.
  * @throws {DitaskError} (rejects, code `"ERR_DITASK_NO_TYPESCRIPT"`) If Node needs tsx and it
  *   cannot be loaded (not installed, or a Node without `module.register`).
  *

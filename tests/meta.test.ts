@@ -25,7 +25,7 @@ M("deno.json and package.json agree on name, version and dependencies", () => {
 });
 
 M("the runtime dependencies are the ones the SPEC allows", () => {
-  const allowed = ["cbor-x", "nanoid", "ws", "tsx", "redis", "ioredis"];
+  const allowed = ["cbor-x", "nanoid", "ws", "tsx", "@redis/client"];
   for (const name of Object.keys(pkg.dependencies)) assert.ok(allowed.includes(name), `unexpected dependency ${name}`);
 });
 

@@ -13,6 +13,7 @@ import "./transport/ws_mesh.test.ts";
 import "./transport/ws_reliability.test.ts";
 import "./parallel.test.ts";
 import "./examples.test.ts";
+import "./cli.test.ts";
 import "./meta.test.ts";
 import { runQueued } from "./_runner.ts";
 

@@ -1,6 +1,6 @@
 import type { Transport } from "./types.ts";
 import { type TlsOptions, WsMeshTransport, type WsMeshOptions } from "./ws/mod.ts";
-import { RedisTransport, type RedisTransportOptions } from "./redis/mod.ts";
+import type { RedisTransportOptions } from "./redis/mod.ts";
 
 /** Everything a node needs to build its transport (a worker's plan, less the process details). */
 export interface NodeTransportOptions {
@@ -31,16 +31,19 @@ export interface NodeTransportOptions {
  * `mqType: "redis"` (where `listen` and `dial` are not used: every node talks through Redis).
  *
  * @param o The node's plan.
- * @returns The transport, not opened yet.
+ * @returns The transport, not opened yet (a promise: the Redis module is loaded on demand).
  * @throws {TypeError} If an address, the node id or a Redis option is invalid.
  * @example
  * ```ts
- * const t = createTransport({ nodeId: 0, mqType: "redis", listen: "", dial: [], expect: [1], labels: [], redisPort: 6379 });
+ * const t = await createTransport({ nodeId: 0, mqType: "redis", listen: "", dial: [], expect: [1], labels: [], redisPort: 6379 });
  * await t.open();
  * ```
  */
-export function createTransport(o: NodeTransportOptions): Transport {
+export async function createTransport(o: NodeTransportOptions): Promise<Transport> {
   if (o.mqType === "redis") {
+    // Loaded only when used: the Redis client takes ~0.2 s to import, which every mesh worker
+    // would otherwise pay at start-up.
+    const { RedisTransport } = await import("./redis/mod.ts");
     const r: RedisTransportOptions = { nodeId: o.nodeId, expect: o.expect, labels: o.labels };
     if (o.redisUrl !== undefined) r.redisUrl = o.redisUrl;
     if (o.redisHost !== undefined) r.redisHost = o.redisHost;

@@ -5,6 +5,7 @@ import { existsSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
+import { nanoid } from "nanoid";
 import type { Transport } from "../types.ts";
 import { TransportListeners } from "../_listeners.ts";
 import { TransportError } from "../../errors.ts";
@@ -186,7 +187,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   readonly nodeId: number;
   readonly labels: string[];
   /** This instance's session id (see the protocol). */
-  readonly session: string = randomId(8);
+  readonly session: string = nanoid();
   #listen: Address | undefined;
   #dial: Address[];
   #expect: number[];
