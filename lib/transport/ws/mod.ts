@@ -558,7 +558,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (link.authed) return this.#reject(link, CLOSE_POLICY, "a second AUTH");
     const want = this.#mac(hello.nonce, link.nonce, hello.nodeId, this.nodeId);
     if (mac.byteLength !== want.byteLength || !timingSafeEqual(mac, want)) {
-      return this.#reject(link, CLOSE_AUTH, `node ${hello.nodeId} failed authentication`);
+      return this.#reject(link, CLOSE_AUTH, `authentication with node ${hello.nodeId} failed (a different secret, or none)`);
     }
     link.authed = true;
     this.#sendResume(link);
