@@ -129,3 +129,15 @@ export function repoRoot(): string {
   }
   throw new Error("Cannot find the repository root");
 }
+
+/** Resolve once `cond()` is true (checked every 2 ms); reject after `ms` naming `label`. */
+export function until(cond: () => boolean, label: string, ms = 15_000): Promise<void> {
+  return withTimeout(
+    new Promise<void>((resolve) => {
+      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
+      tick();
+    }),
+    ms,
+    label,
+  );
+}

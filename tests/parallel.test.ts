@@ -1,8 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
-import { DitaskError } from "../lib/errors.ts";
-import { alive, freePorts, killAll, runScript, runtimeKey, testPath, withTimeout } from "./_helpers.ts";
+import { alive, freePorts, killAll, runScript, runtimeKey, testPath, until, withTimeout } from "./_helpers.ts";
 
 const scenarios = testPath("_fixtures/scenarios");
 const run = (name: string, options: object = {}, timeoutMs = 60_000) =>
@@ -220,7 +219,8 @@ P("mixed runtimes: a Node launch and a Deno launch joined by attachTo exchange a
   assert.ok(lines(rb.stdout).includes("node 1 (deno) got hello from node intact=true"), rb.stdout);
 });
 
-P("SIGTERM on the launcher ends every worker", async () => {
+/** Start the "hang" scenario (two workers that wait); resolves once both printed their PIDs. */
+async function startHang() {
   const { spawnScript } = await import("../lib/runtime.ts");
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
@@ -228,73 +228,37 @@ P("SIGTERM on the launcher ends every worker", async () => {
   let out = "";
   child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
   const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  const pids = () => [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
   try {
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        const check = () => ([...out.matchAll(/pid (\d+)/g)].length === 2 ? resolve() : setTimeout(check, 10));
-        check();
-      }),
-      20_000,
-      "workers up",
-    );
-    const pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    await until(() => pids().length === 2, "workers up", 20_000);
+  } catch (err) {
+    child.kill("SIGKILL");
+    throw err;
+  }
+  return { child, exited, pids: pids() };
+}
+
+P("SIGTERM on the launcher ends every worker", async () => {
+  const { child, exited, pids } = await startHang();
+  try {
     child.kill("SIGTERM");
     const code = await withTimeout(exited, 10_000, "launcher exit");
     // Deno's child_process reports a child that handled SIGTERM and exited 143 as (null, SIGTERM).
     if (runtimeKey === "node") assert.is(code, 143);
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        const check = () => (pids.every((p) => !alive(p)) ? resolve() : setTimeout(check, 10));
-        check();
-      }),
-      10_000,
-      "workers gone",
-    );
+    await until(() => pids.every((p) => !alive(p)), "workers gone", 10_000);
   } finally {
     child.kill("SIGKILL");
   }
 });
 
 P("SIGKILL on the launcher: the workers notice and exit", async () => {
-  const { spawnScript } = await import("../lib/runtime.ts");
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
-  const child = spawnScript(scenarios, ["hang", JSON.stringify({ nParallelWorkers: 2 })], { env, stdio: "pipe" });
-  let out = "";
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
-  let pids: number[] = [];
+  const { child, pids } = await startHang();
   try {
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        const check = () => ([...out.matchAll(/pid (\d+)/g)].length === 2 ? resolve() : setTimeout(check, 10));
-        check();
-      }),
-      20_000,
-      "workers up",
-    );
-    pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
     child.kill("SIGKILL");
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        const check = () => (pids.every((p) => !alive(p)) ? resolve() : setTimeout(check, 10));
-        check();
-      }),
-      10_000,
-      "workers gone",
-    );
+    await until(() => pids.every((p) => !alive(p)), "workers gone", 10_000);
   } finally {
     for (const p of pids) if (alive(p)) process.kill(p, "SIGKILL");
   }
-});
-
-P("mqType redis is refused clearly until it exists", () => {
-  try {
-    Parallel.runner({ nParallelWorkers: 1, mqType: "redis" });
-  } catch (e) {
-    assert.ok(e instanceof DitaskError);
-    return;
-  }
-  // Once Redis is available the option is accepted: nothing to check here.
 });
 
 Plan.run();

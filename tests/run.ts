@@ -11,6 +11,8 @@ import "./platform.test.ts";
 import "./transport/memory.test.ts";
 import "./transport/ws_mesh.test.ts";
 import "./transport/ws_reliability.test.ts";
+import "./transport/ws_security.test.ts";
+import "./transport/ws_fuzz.test.ts";
 import "./parallel.test.ts";
 import "./examples.test.ts";
 import "./cli.test.ts";

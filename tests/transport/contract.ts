@@ -2,7 +2,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import type { PeerEvent, Transport, TransportMessage } from "../../lib/transport/types.ts";
-import { withTimeout } from "../_helpers.ts";
+import { until, withTimeout } from "../_helpers.ts";
 
 /** A set of connected transports made for one test. */
 export interface Cluster {
@@ -20,16 +20,6 @@ function collect(t: Transport): TransportMessage[] {
   return got;
 }
 
-function until(cond: () => boolean, label: string, ms = 10_000): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
-      tick();
-    }),
-    ms,
-    label,
-  );
-}
 
 const bytes = (...v: number[]) => new Uint8Array(v);
 

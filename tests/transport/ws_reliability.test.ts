@@ -7,7 +7,7 @@ import { encodeHello, encodeResume, FRAME_HELLO, parseFrame } from "../../lib/tr
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { setLogLevel } from "../../lib/log.ts";
 import { spawnScript } from "../../lib/runtime.ts";
-import { freePorts, testPath, withTimeout } from "../_helpers.ts";
+import { freePorts, testPath, until, withTimeout } from "../_helpers.ts";
 
 const R = suite("WsMeshTransport reliability");
 const closers: Array<() => unknown> = [];
@@ -17,16 +17,6 @@ R.after.each(async () => {
   for (const c of closers.splice(0).reverse()) await c();
 });
 
-function until(cond: () => boolean, label: string, ms = 15_000): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
-      tick();
-    }),
-    ms,
-    label,
-  );
-}
 
 async function node(options: ConstructorParameters<typeof WsMeshTransport>[0]): Promise<WsMeshTransport> {
   const t = new WsMeshTransport({ connectTimeout: 15_000, ...options });

@@ -1,6 +1,6 @@
 import http from "node:http";
 import https from "node:https";
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
@@ -12,6 +12,7 @@ import { TransportError } from "../../errors.ts";
 import { log } from "../../log.ts";
 import {
   type Address,
+  authMac,
   CLOSE_AUTH,
   CLOSE_DUPLICATE_NODE,
   CLOSE_NORMAL,
@@ -97,6 +98,8 @@ interface Link {
   peer: PeerState | undefined;
   lastSeen: number;
   lastPing: number;
+  /** Set once the link is being closed: nothing more is read from it. */
+  closing: boolean;
   drops: number;
   timer: ReturnType<typeof setInterval> | undefined;
   onReady: ((err?: Error) => void) | undefined;
@@ -142,8 +145,9 @@ const MAX_BATCH_BYTES = 128 * 1024; // larger fresh buffers cost page faults on 
 const ACK_EVERY = 512;
 const ACK_DELAY = 5;
 const HANDSHAKE_TIMEOUT = 10_000;
+/** Bytes counted per kept frame beyond its data (the entry object, the buffer's own header). */
+const ENTRY_OVERHEAD = 256;
 const MAX_PENDING_LINKS = 256;
-const AUTH_CONTEXT = "ditask-auth-v1";
 
 /** Send a frame: one message, or a head and a payload as two fragments of one message. */
 function sendFrame(ws: WebSocket, frame: Uint8Array | [Uint8Array, Uint8Array]): void {
@@ -466,6 +470,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       peer: undefined,
       lastSeen: Date.now(),
       lastPing: Date.now(),
+      closing: false,
       drops: 0,
       timer: undefined,
       onReady: undefined,
@@ -504,7 +509,18 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   #socketOnMessage(link: Link, data: RawData, isBinary: boolean): void {
+    if (link.closing) return; // refused: what it pipelined behind is not read
     link.lastSeen = Date.now();
+    try {
+      this.#onFrame(link, data, isBinary);
+    } catch (err) {
+      // A listener's error or a bug must not take the node down: drop this link instead.
+      log.error(`node ${this.nodeId}: error while handling a frame:`, err);
+      this.#reject(link, CLOSE_POLICY, "internal error while handling a frame");
+    }
+  }
+
+  #onFrame(link: Link, data: RawData, isBinary: boolean): void {
     if (!isBinary) return this.#bad(link, "text frames are not accepted");
     const frame = parseFrame(data as Buffer);
     if (typeof frame === "string") return this.#bad(link, frame);
@@ -533,8 +549,10 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     }
   }
 
-  #mac(fromNonce: string, toNonce: string, from: number, to: number): Buffer {
-    return createHmac("sha256", this.#secret!).update(`${AUTH_CONTEXT}\n${fromNonce}\n${toNonce}\n${from}\n${to}`).digest();
+  /** Send this side's AUTH proof on `link`. */
+  #sendAuth(link: Link): void {
+    const hello = link.hello!;
+    link.ws.send(encodeAuth(authMac(this.#secret!, link.dialed ? "dialer" : "acceptor", link.nonce, hello.nonce, this.nodeId, hello.nodeId)));
   }
 
   #onHello(link: Link, hello: HelloFrame): void {
@@ -544,11 +562,9 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     }
     if (hello.nodeId === this.nodeId) return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${hello.nodeId} is this node's own id`);
     link.hello = hello;
-    if (this.#secret !== undefined) {
-      link.ws.send(encodeAuth(this.#mac(link.nonce, hello.nonce, this.nodeId, hello.nodeId)));
-      return;
-    }
-    this.#sendResume(link);
+    if (this.#secret === undefined) this.#sendResume(link);
+    // With a secret the dialer proves itself first; the acceptor answers once it verified that.
+    else if (link.dialed) this.#sendAuth(link);
   }
 
   #onAuth(link: Link, mac: Uint8Array): void {
@@ -556,11 +572,12 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (!hello) return this.#reject(link, CLOSE_POLICY, "AUTH before HELLO");
     if (this.#secret === undefined) return; // we need no proof; the peer's secret is its business
     if (link.authed) return this.#reject(link, CLOSE_POLICY, "a second AUTH");
-    const want = this.#mac(hello.nonce, link.nonce, hello.nodeId, this.nodeId);
+    const want = authMac(this.#secret, link.dialed ? "acceptor" : "dialer", hello.nonce, link.nonce, hello.nodeId, this.nodeId);
     if (mac.byteLength !== want.byteLength || !timingSafeEqual(mac, want)) {
       return this.#reject(link, CLOSE_AUTH, `authentication with node ${hello.nodeId} failed (a different secret, or none)`);
     }
     link.authed = true;
+    if (!link.dialed) this.#sendAuth(link);
     this.#sendResume(link);
   }
 
@@ -687,6 +704,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   #reject(link: Link, code: number, reason: string): void {
+    if (link.closing) return;
+    link.closing = true;
     const who = link.hello ? ` of node ${link.hello.nodeId}` : "";
     log.warn(`node ${this.nodeId}: closing a connection${who}: ${reason}`);
     const done = link.onReady;
@@ -793,7 +812,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     const seq = p.sendSeq + 1;
     p.sendSeq += items.length / 2;
     const frame = encodeEvents(seq, this.nodeId, items);
-    const bytes = Array.isArray(frame) ? frame[0].byteLength + frame[1].byteLength : frame.byteLength;
+    // Each kept frame also costs its bookkeeping objects: count them, so the bound is honest.
+    const bytes = ENTRY_OVERHEAD + (Array.isArray(frame) ? frame[0].byteLength + frame[1].byteLength : frame.byteLength);
     if (p.outbox.length === 0) p.progressAt = Date.now();
     p.outbox.push({ last: p.sendSeq, frame, bytes });
     p.outboxBytes += bytes;

@@ -15,9 +15,9 @@
 //   HELLO announced, otherwise the frame is dropped (a spoofed sender).
 // - session: a random id per transport instance (per process). A reconnect of the same session
 //   resumes where it stopped; a new session (a restarted process) starts its sequence afresh.
-// - nonce: random bytes; with a secret, AUTH's mac is HMAC-SHA256(secret, "ditask-auth-v1",
-//   sender nonce, receiver nonce, sender id, receiver id), so a recorded AUTH never verifies
-//   again and the secret never crosses the wire.
+// - nonce: random bytes; with a secret, AUTH's mac is HMAC-SHA256(secret, "ditask-auth-v1", role,
+//   sender nonce, receiver nonce, sender id, receiver id) (see authMac), so a recorded AUTH never
+//   verifies again and the secret never crosses the wire.
 // - seq: per peer session pair and direction, starting at 1 and growing by 1 per event (a BATCH
 //   of k events covers seq .. seq + k - 1). The sender keeps every event until it is
 //   acknowledged and resends the unacknowledged ones after a reconnect; the receiver drops an
@@ -26,9 +26,11 @@
 // - payload: a CBOR byte string, kept as bytes so that a receiver can drop topics it does not
 //   listen to without decoding their arguments.
 //
-// Handshake: each end sends HELLO; on the other's HELLO it sends AUTH (with a secret); once the
-// other's AUTH verified (or at once without a secret) it sends RESUME; a link is ready for events
-// when the other's RESUME arrived. Anything else before that closes the connection (1008).
+// Handshake: each end sends HELLO. Without a secret, each sends RESUME on the other's HELLO. With a
+// secret, the dialer sends AUTH on the acceptor's HELLO; the acceptor verifies it, then sends its
+// own AUTH and RESUME; the dialer verifies that and sends RESUME. A link is ready for events when
+// the other's RESUME arrived. Anything else before that closes the connection (1008, or 4003 for
+// a missing or wrong proof).
 //
 // Close codes: 1000 normal (a peer that shuts down: it is not redialed), 1008 policy (bad frame,
 // frame before the handshake, handshake timeout), 1009 frame too large, 4001 duplicate or own
@@ -36,6 +38,7 @@
 // unacknowledged backlog passed maxOutboxBytes).
 
 import { Buffer } from "node:buffer";
+import { createHmac } from "node:crypto";
 import { createCborCodec } from "../../codec.ts";
 
 /** The version every HELLO carries. */
@@ -114,6 +117,25 @@ function isNodeId(v: unknown): v is number {
 /** Encode a HELLO frame. */
 export function encodeHello(nodeId: number, labels: string[], session: string, nonce: string): Uint8Array {
   return envelope.encode([FRAME_HELLO, PROTOCOL_VERSION, nodeId, labels, session, nonce]);
+}
+
+/**
+ * The AUTH proof: HMAC-SHA256(secret, "ditask-auth-v1", role, sender nonce, receiver nonce, sender
+ * id, receiver id), newline-separated. `role` is the sender's side of the connection: the dialer
+ * proves itself first; the accepting side answers only after verifying it, so neither side's
+ * proof can be relayed to a third node.
+ */
+export function authMac(
+  secret: string,
+  role: "dialer" | "acceptor",
+  fromNonce: string,
+  toNonce: string,
+  from: number,
+  to: number,
+): Uint8Array {
+  return new Uint8Array(
+    createHmac("sha256", secret).update(`ditask-auth-v1\n${role}\n${fromNonce}\n${toNonce}\n${from}\n${to}`).digest(),
+  );
 }
 
 /** Encode an ACK frame. */
@@ -208,7 +230,9 @@ export function encodeEvents(seq: number, from: number, items: Array<string | Ui
   const split = n === 1 && (items[1] as Uint8Array).byteLength >= LARGE_PAYLOAD;
   const payloadLen = (items[1] as Uint8Array).byteLength;
   // Not zero-filled: every byte is written below (a fresh zeroed buffer costs ~1 ms per MiB).
-  const buf: Uint8Array = Buffer.allocUnsafe(split ? size - payloadLen : size);
+  // Its own memory, not a slice of Node's shared pool: a frame kept until acknowledged must not
+  // pin a larger pooled slab that the outbox bound does not count.
+  const buf: Uint8Array = Buffer.allocUnsafeSlow(split ? size - payloadLen : size);
   buf[0] = n === 1 ? 0x85 : 0x84;
   buf[1] = n === 1 ? FRAME_EVENT : FRAME_BATCH;
   let pos = writeHead(buf, 2, 0, seq);
@@ -372,7 +396,7 @@ export function parseFrame(bytes: Uint8Array): Frame | string {
       return { kind: FRAME_EVENT, seq: seq as number, from, items };
     }
     default:
-      return `unknown frame kind ${JSON.stringify(v[0])}`;
+      return `unknown frame kind ${typeof v[0] === "number" ? v[0] : typeof v[0]}`;
   }
 }
 
