@@ -434,18 +434,6 @@ function oversize(r: Rng, id: number): Uint8Array | string {
 }
 
 
-/** Whether `data` is an array whose first item starts a chain of 200+ array/map/tag heads. */
-function deepKindChain(data: Uint8Array): boolean {
-  const b0 = data[0] ?? 0;
-  if (!((b0 >= 0x80 && b0 <= 0x97) || b0 === 0x9f)) return false;
-  let n = 0;
-  for (let i = 1; i < data.byteLength && n < 200; i++, n++) {
-    const h = data[i]!;
-    const container = (h >= 0x80 && h <= 0x97) || h === 0x9f || (h >= 0xa0 && h <= 0xb7) || h === 0xbf || (h >= 0xc0 && h <= 0xd7);
-    if (!container) return false;
-  }
-  return n >= 200;
-}
 
 /** Whether a frame that parsed as `f` is bad for a link whose peer is `id` (A must not act on it). */
 function isBad(f: ReturnType<typeof parseFrame>, c: Category, id: number): boolean {
