@@ -93,11 +93,15 @@ const mains: Record<string, () => Promise<void>> = {
     });
   },
 
-  // DI-engine test_broadcast_finish: node 1 sets finish at step 1; every node of both launches ends.
+  // DI-engine test_broadcast_finish: node 1 sets finish (at step 1 at the earliest, once node 0
+  // reported both peers connected, so no node is still starting); every node of both launches ends.
   async broadcast_finish() {
     await task.start({}, async () => {
+      let nodeZeroPeers = 0;
+      task.on("peers", (n) => void (nodeZeroPeers = n as number));
       task.use((ctx) => {
-        if (id() === 1 && ctx.totalStep === 1) task.finish = true;
+        if (id() === 0) task.emitRemote("peers", task.router.peers.length);
+        if (id() === 1 && ctx.totalStep >= 1 && nodeZeroPeers === 2) task.finish = true;
         return delay(50);
       });
       await task.run(400);
