@@ -57,11 +57,22 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
   enc.encode(WARM_UP);
   return {
     encode(value: unknown): Uint8Array {
+      let bytes: Uint8Array;
       try {
-        return enc.encode(value);
+        bytes = enc.encode(value);
       } catch (cause) {
         throw new CodecError(`Cannot encode value: ${(cause as Error).message}`, { cause });
       }
+      // What a receiver would refuse is refused here, where the caller can see it.
+      const bad = checkCbor(bytes);
+      if (bad !== undefined) {
+        throw new CodecError(
+          bad === "tag 27 is not accepted"
+            ? "Cannot encode value: Error and RegExp objects cannot be sent (send toPlainError(err) or a string)"
+            : `Cannot encode value: ${bad}`,
+        );
+      }
+      return bytes;
     },
     decode(bytes: Uint8Array): unknown {
       const bad = checkCbor(bytes);

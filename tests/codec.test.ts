@@ -1,6 +1,6 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { cborCodec, nativeCbor } from "../lib/codec.ts";
+import { cborCodec, checkCbor, nativeCbor } from "../lib/codec.ts";
 import { CodecError } from "../lib/errors.ts";
 import { runtimeKey } from "../lib/runtime.ts";
 
@@ -63,6 +63,28 @@ C("a typed array view of a larger buffer encodes only the view", () => {
 C("functions and symbols are rejected with CodecError", () => {
   assert.throws(() => cborCodec.encode({ f() {} }), (e: unknown) => e instanceof CodecError);
   assert.throws(() => cborCodec.encode(Symbol("s")), (e: unknown) => e instanceof CodecError);
+});
+
+C("Error and RegExp objects are refused at encode time with a hint", () => {
+  for (const v of [new Error("x"), /re/]) {
+    assert.throws(() => cborCodec.encode([v]), (e: unknown) => e instanceof CodecError && /toPlainError/.test((e as Error).message));
+  }
+});
+
+C("refused on decode: cbor-x records, generic objects (tag 27), deep nesting, trailing bytes", () => {
+  const cases: Array<[number[], RegExp]> = [
+    [[0xd9, 0xdf, 0xff, 0x83, 0x19, 0xe0, 0x08, 0x81, 0x61, 0x61, 0x01], /tag 57343/], // record definition
+    [[0xd8, 0x1b, 0x82, 0x64, 0x65, 0x76, 0x61, 0x6c, 0x61, 0x31], /tag 27/], // ["eval", "1"]
+    [[0xd8, 0x1c, 0x01], /tag 28/],
+    [Array(200).fill(0x81).concat([0x01]), /nested deeper/],
+    [[0x01, 0x02], /trailing/],
+    [[0x5a, 0xff, 0xff, 0xff, 0xff], /ends early/],
+    [[0x1c], /reserved/],
+  ];
+  for (const [bytes, re] of cases) {
+    assert.throws(() => cborCodec.decode(new Uint8Array(bytes)), (e: unknown) => e instanceof CodecError && re.test((e as Error).message), re.source);
+  }
+  assert.is(checkCbor(cborCodec.encode({ a: [1, new Float32Array(3), new Map([[1, 2]]), new Set([1]), new Date(0), 2n ** 80n] })), undefined);
 });
 
 C("bad bytes are rejected with CodecError", () => {
