@@ -10,6 +10,7 @@ import "./router.test.ts";
 import "./platform.test.ts";
 import "./transport/memory.test.ts";
 import "./transport/ws_mesh.test.ts";
+import "./transport/redis.test.ts";
 import "./transport/ws_reliability.test.ts";
 import "./transport/ws_security.test.ts";
 import "./transport/ws_fuzz.test.ts";
