@@ -11,6 +11,7 @@
 //   --wait-quiet <s>    before each test, wait up to <s> seconds until other processes use < 15% CPU
 //   --cpu-prof <dir>    Node only: the child processes write V8 CPU profiles into <dir>
 //   --verbose           pass the child processes' own output through
+//   --no-redis          skip the Redis rows (run when redis-server is installed)
 //
 // This file is also the entry of every child process (`--role <name> <json>`), and Parallel.runner
 // re-runs it in its workers; each role loads only what it needs.
@@ -52,4 +53,9 @@ if (roleAt >= 0) {
 } else {
   const { main } = await import("./orchestrator.ts");
   process.exitCode = await main(argv);
+  // The Redis message queue's rows (SPEC §5): after the mesh, against a private redis-server.
+  if (!argv.includes("--no-redis") && !argv.includes("--only")) {
+    const { printRedisRows, redisRows } = await import("./redis_rows.ts");
+    printRedisRows(await redisRows(argv.includes("--quick")));
+  }
 }

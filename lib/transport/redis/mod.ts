@@ -1,4 +1,9 @@
-import { createClient, ErrorReply } from "@redis/client";
+import type { createClient } from "@redis/client";
+
+// The client module is loaded when a RedisTransport opens, not when ditask is imported: it takes
+// ~0.2 s to load, which every mesh worker would pay at start-up.
+type RedisModule = typeof import("@redis/client");
+let redis: RedisModule | undefined;
 import { Buffer } from "node:buffer";
 import type { ConnectionOptions } from "node:tls";
 import type { PeerEvent, Transport, TransportMessage } from "../types.ts";
@@ -235,6 +240,7 @@ export class RedisTransport implements Transport {
       return r;
     };
     try {
+      redis ??= await import("@redis/client");
       const [cmd, sub] = this.#makeClients();
       await step(Promise.all([cmd.connect(), sub.connect()]), `connect to Redis at ${this.#display}`);
       await step(
@@ -286,7 +292,7 @@ export class RedisTransport implements Transport {
     // The command connection never queues by itself: the transport keeps its own queue, so that
     // it knows what Redis confirmed and can resend the rest after a reconnect. The subscriber is a
     // duplicate (building a client class is costly; node-redis caches only the last config).
-    const cmd = createClient({ ...this.#clientOptions, disableOfflineQueue: true });
+    const cmd = redis!.createClient({ ...this.#clientOptions, disableOfflineQueue: true });
     const sub = cmd.duplicate({ disableOfflineQueue: false });
     this.#cmd = cmd;
     this.#sub = sub;
@@ -595,7 +601,7 @@ export class RedisTransport implements Transport {
   #publishFailed(f: Frame, err: Error): void {
     const i = this.#inflight.indexOf(f);
     if (i < 0) return;
-    if (err instanceof ErrorReply) {
+    if (redis && err instanceof redis.ErrorReply) {
       // Redis answered with an error (a full memory, a missing permission): resending will not help.
       this.#inflight.splice(i, 1);
       this.#fail(new TransportError(`Redis refused a message on channel "${f.channel}": ${err.message}`, { cause: err }));
