@@ -22,7 +22,7 @@ import { setLogLevel } from "../../lib/log.ts";
 import { PEER_JOINED, Router } from "../../lib/router.ts";
 import { Task } from "../../lib/task.ts";
 import { cborCodec } from "../../lib/codec.ts";
-import { killAll, runScript, runtimeKey, testPath, withTimeout } from "../_helpers.ts";
+import { killAll, runScript, runtimeKey, testPath, withTimeout, until as waitUntil } from "../_helpers.ts";
 import { freePort, liveServers, type RedisServer, redisServerPath, startRedis } from "../_redis.ts";
 import { defineTransportContract } from "./contract.ts";
 
@@ -33,14 +33,7 @@ let jobs = 0;
 const newJob = () => `test-${runtimeKey}-${process.pid}-${++jobs}`;
 
 function until(cond: () => boolean, label: string, ms = 10_000): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
-      tick();
-    }),
-    ms,
-    label,
-  );
+  return waitUntil(cond, label, ms);
 }
 
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -16,7 +16,7 @@ import { CLOSE_POLICY, CLOSE_TOO_BIG, FRAME_EVENT, FRAME_HELLO, parseFrame, PROT
 import { createCborCodec } from "../../lib/codec.ts";
 import { getEnv, rss } from "../../lib/runtime.ts";
 import { setLogLevel } from "../../lib/log.ts";
-import { withTimeout } from "../_helpers.ts";
+import { withTimeout, until as waitUntil } from "../_helpers.ts";
 import { RawClient, rawDeclaredLength } from "../_fixtures/sec_raw.ts";
 
 const MAX_PAYLOAD = 1024 * 1024;
@@ -553,14 +553,7 @@ const probes = new Map<number, number[]>();
 const attackerIds = new Set<number>();
 
 function until(cond: () => boolean, label: string, ms = STEP_MS): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
-      tick();
-    }),
-    ms,
-    label,
-  );
+  return waitUntil(cond, label, ms);
 }
 
 F.before(async () => {

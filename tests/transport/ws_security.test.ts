@@ -25,7 +25,7 @@ import {
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { TransportError } from "../../lib/errors.ts";
 import { setLogLevel } from "../../lib/log.ts";
-import { delay, withTimeout } from "../_helpers.ts";
+import { delay, withTimeout, until as waitUntil } from "../_helpers.ts";
 import { authMac, captureProxy, type CaptureProxy, containsBytes, RawClient } from "../_fixtures/sec_raw.ts";
 
 const SECRET = `ditask-test-secret-${randomBytes(6).toString("hex")}`;
@@ -97,14 +97,7 @@ function collect(t: WsMeshTransport): TransportMessage[] {
 }
 
 function until(cond: () => boolean, label: string, ms = 5000): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      const tick = () => (cond() ? resolve() : setTimeout(tick, 2));
-      tick();
-    }),
-    ms,
-    label,
-  );
+  return waitUntil(cond, label, ms);
 }
 
 /** A listener (node 0) and a dialer (node 1) with these options, both opened. */

@@ -6,8 +6,9 @@ type RedisModule = typeof import("@redis/client");
 let redis: RedisModule | undefined;
 import { Buffer } from "node:buffer";
 import type { ConnectionOptions } from "node:tls";
-import type { PeerEvent, Transport, TransportMessage } from "../types.ts";
+import type { Transport, TransportMessage } from "../types.ts";
 import { TransportError } from "../../errors.ts";
+import { TransportListeners } from "../_listeners.ts";
 import { log } from "../../log.ts";
 import { getEnv } from "../../runtime.ts";
 import {
@@ -121,7 +122,7 @@ const LOG_DROPS = 20;
  * a.publish("task.greeting", new Uint8Array([1]));
  * ```
  */
-export class RedisTransport implements Transport {
+export class RedisTransport extends TransportListeners implements Transport {
   readonly nodeId: number;
   readonly labels: string[];
   /** The job (namespace) this node belongs to. */
@@ -154,9 +155,6 @@ export class RedisTransport implements Transport {
   /** Every node id that was present at some time (a fast peer may be done before open() is). */
   #everSeen = new Set<number>();
   #senders = new Map<number, { inst: string; last: number }>();
-  #msg = new Set<(m: TransportMessage) => void>();
-  #peer = new Set<(e: PeerEvent) => void>();
-  #err = new Set<(e: Error) => void>();
   #seq = 0;
   #runs: Run[] = [];
   #flushScheduled = false;
@@ -178,6 +176,7 @@ export class RedisTransport implements Transport {
    * @throws {TypeError} If the node id, the URL, the port or the job is invalid.
    */
   constructor(options: RedisTransportOptions) {
+    super();
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0 || options.nodeId > 0xffffffff) {
       throw new TypeError(`Invalid nodeId ${options.nodeId}: expected an integer >= 0`);
     }
@@ -442,7 +441,7 @@ export class RedisTransport implements Transport {
     this.#peers.set(m.id, { inst: m.inst, labels: m.labels, lastSeen: Date.now() });
     this.#everSeen.add(m.id);
     log.debug(`node ${this.nodeId}: peer ${m.id} joined`);
-    for (const fn of this.#peer) fn({ type: "joined", nodeId: m.id, labels: m.labels });
+    this.firePeer({ type: "joined", nodeId: m.id, labels: m.labels });
     return true;
   }
 
@@ -450,7 +449,7 @@ export class RedisTransport implements Transport {
     if (this.#peers.get(id) !== p) return;
     this.#peers.delete(id);
     log.debug(`node ${this.nodeId}: peer ${id} left (${why})`);
-    for (const fn of this.#peer) fn({ type: "left", nodeId: id, labels: p.labels });
+    this.firePeer({ type: "left", nodeId: id, labels: p.labels });
     this.#checkGate();
   }
 
@@ -503,12 +502,10 @@ export class RedisTransport implements Transport {
       if (seq <= s.last) continue; // seen already (pattern and channel, or resent)
       s.last = seq;
       const msg: TransportMessage = { topic: f.topic, payload: f.payloads[i]!, from: f.from };
-      for (const fn of this.#msg) {
-        try {
-          fn(msg);
-        } catch (err) {
-          log.error(`node ${this.nodeId}: a message handler for "${f.topic}" failed:`, err);
-        }
+      try {
+        this.fireMessage(msg);
+      } catch (err) {
+        log.error(`node ${this.nodeId}: a message handler for "${f.topic}" failed:`, err);
       }
     }
   };
@@ -713,40 +710,8 @@ export class RedisTransport implements Transport {
     this.#subOps.add(q);
   }
 
-  /**
-   * Receive messages (never this node's own).
-   *
-   * @param fn Called for each message; an exception it throws is logged, not passed on.
-   * @returns A function that stops it.
-   */
-  onMessage(fn: (m: TransportMessage) => void): () => void {
-    this.#msg.add(fn);
-    return () => this.#msg.delete(fn);
-  }
-  /**
-   * Learn about peers joining and leaving the job.
-   *
-   * @param fn Called with each event.
-   * @returns A function that stops it.
-   */
-  onPeer(fn: (e: PeerEvent) => void): () => void {
-    this.#peer.add(fn);
-    return () => this.#peer.delete(fn);
-  }
-  /**
-   * Receive background errors (a subscription Redis refused, a message Redis refused).
-   *
-   * @param fn Called with each error.
-   * @returns A function that stops it.
-   */
-  onError(fn: (e: Error) => void): () => void {
-    this.#err.add(fn);
-    return () => this.#err.delete(fn);
-  }
-
   #fail(err: Error): void {
-    if (this.#err.size === 0) log.warn(`node ${this.nodeId}:`, err.message);
-    for (const fn of this.#err) fn(err);
+    if (!this.fireError(err)) log.warn(`node ${this.nodeId}:`, err.message);
   }
 
   /**
