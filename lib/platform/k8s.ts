@@ -1,4 +1,4 @@
-import { type PlatformArgs, PlatformError, quote, resolvePlatformTask } from "./spec.ts";
+import { type PlatformArgs, PlatformError, plural, quote, readEnv as read, resolvePlatformTask } from "./spec.ts";
 
 /**
  * Environment variables, e.g. `process.env` or a test's plain object.
@@ -27,16 +27,6 @@ interface K8sCluster {
   source: string;
 }
 
-function read(env: PlatformEnv, name: string): string | undefined {
-  const v = env[name];
-  if (v === undefined) return undefined;
-  const t = v.trim();
-  return t === "" ? undefined : t;
-}
-
-function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
-}
 
 function fail(detail: string): never {
   throw new PlatformError(`Cannot parse k8s platform: ${detail}`);

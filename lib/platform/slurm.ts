@@ -1,6 +1,6 @@
 import { expandHostlist, expandTasksPerNode } from "./hostlist.ts";
 import type { PlatformEnv } from "./k8s.ts";
-import { type PlatformArgs, PlatformError, quote, resolvePlatformTask } from "./spec.ts";
+import { type PlatformArgs, PlatformError, plural, quote, readEnv as read, resolvePlatformTask } from "./spec.ts";
 
 /**
  * The port base of slurm tasks when the CLI gives none (DI-engine's).
@@ -13,16 +13,6 @@ import { type PlatformArgs, PlatformError, quote, resolvePlatformTask } from "./
  */
 export const SLURM_DEFAULT_PORT = 15151;
 
-function read(env: PlatformEnv, name: string): string | undefined {
-  const v = env[name];
-  if (v === undefined) return undefined;
-  const t = v.trim();
-  return t === "" ? undefined : t;
-}
-
-function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
-}
 
 function fail(detail: string): never {
   throw new PlatformError(`Cannot parse slurm platform: ${detail}`);

@@ -83,6 +83,36 @@ export class PlatformError extends DitaskError {
 }
 
 /**
+ * Read an environment variable, trimmed; `undefined` when it is unset or blank.
+ *
+ * @param env The environment (a plain object).
+ * @param name The variable's name.
+ * @returns The trimmed value, or `undefined`.
+ * @example
+ * ```ts
+ * readEnv({ DI_RANK: " 3 " }, "DI_RANK"); // "3"
+ * ```
+ */
+export function readEnv(env: Record<string, string | undefined>, name: string): string | undefined {
+  const v = env[name];
+  if (v === undefined) return undefined;
+  const t = v.trim();
+  return t === "" ? undefined : t;
+}
+
+/**
+ * `n` and `word`, pluralised with an "s" unless `n` is 1.
+ *
+ * @example
+ * ```ts
+ * plural(6, "node"); // "6 nodes"
+ * ```
+ */
+export function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/**
  * Quote a value for an error message, in the project's style (`DI_RANK "7"`).
  *
  * @internal
