@@ -1,30 +1,23 @@
 import type { Transport } from "./types.ts";
-import { type TlsOptions, WsMeshTransport, type WsMeshOptions } from "./ws/mod.ts";
+import { WsMeshTransport, type WsMeshOptions } from "./ws/mod.ts";
 import type { RedisTransportOptions } from "./redis/mod.ts";
 
-/** Everything a node needs to build its transport (a worker's plan, less the process details). */
-export interface NodeTransportOptions {
-  nodeId: number;
-  /** `ws` (the mesh; `nng` is its alias) or `redis`. */
-  mqType: "ws" | "nng" | "redis";
-  listen: string;
-  dial: string[];
-  expect: number[];
-  labels: string[];
-  maxPayload?: number;
-  connectTimeout?: number;
-  /** A shared secret every mesh connection must prove. */
-  secret?: string;
-  /** TLS material for `wss`. */
-  tls?: TlsOptions;
-  heartbeatInterval?: number;
-  heartbeatTimeout?: number;
-  maxOutboxBytes?: number;
-  redisHost?: string;
-  redisPort?: number;
-  /** `redis://[[user]:password@]host[:port][/db]` or `rediss://...` (wins over host/port). */
-  redisUrl?: string;
-}
+/**
+ * Everything a node needs to build its transport: the mesh's options (with the addresses and peers
+ * a worker's plan always has), the transport kind and the Redis settings. Other fields of a plan
+ * are ignored.
+ */
+export type NodeTransportOptions =
+  & WsMeshOptions
+  & Required<Pick<WsMeshOptions, "listen" | "dial" | "expect" | "labels">>
+  & {
+    /** `ws` (the mesh; `nng` is its alias) or `redis`. */
+    mqType: "ws" | "nng" | "redis";
+    redisHost?: string;
+    redisPort?: number;
+    /** `redis://[[user]:password@]host[:port][/db]` or `rediss://...` (wins over host/port). */
+    redisUrl?: string;
+  };
 
 /**
  * Build the transport a node's plan asks for: the WebSocket mesh, or Redis pub/sub for
@@ -51,9 +44,6 @@ export async function createTransport(o: NodeTransportOptions): Promise<Transpor
     if (o.connectTimeout !== undefined) r.connectTimeout = o.connectTimeout;
     return new RedisTransport(r);
   }
-  const opts: WsMeshOptions = { nodeId: o.nodeId, listen: o.listen, dial: o.dial, expect: o.expect, labels: o.labels };
-  for (const k of ["maxPayload", "connectTimeout", "secret", "tls", "heartbeatInterval", "heartbeatTimeout", "maxOutboxBytes"] as const) {
-    if (o[k] !== undefined) (opts as unknown as Record<string, unknown>)[k] = o[k];
-  }
-  return new WsMeshTransport(opts);
+  const { mqType: _kind, redisHost: _host, redisPort: _port, redisUrl: _url, ...mesh } = o;
+  return new WsMeshTransport(mesh);
 }
