@@ -35,6 +35,25 @@ Plan("star: workers dial worker 0 only; alone: only attachTo; ipc: socket files 
   assert.equal(alone.map((w) => [w.dial, w.expect]), [[["ipc:///s"], []], [["ipc:///s"], []]]);
 });
 
+Plan("security and heartbeat options reach every plan; tls makes local dials wss; the secret defaults to DITASK_SECRET", async () => {
+  const { setEnv } = await import("../lib/runtime.ts");
+  const tls = { cert: "CERT", key: "KEY", ca: "CA" };
+  const o = normalizeOptions({ nParallelWorkers: 2, protocol: "tcp", ports: 7000, tls, heartbeatTimeout: 900, startupInterval: 1 });
+  const p = planWorkers(o, { dir: "/d" });
+  assert.equal(p[1]!.dial, ["wss://127.0.0.1:7000"]);
+  assert.equal([p[1]!.tls, p[1]!.heartbeatTimeout], [tls, 900]);
+  assert.is(p[0]!.secret, undefined);
+  setEnv("DITASK_SECRET", "from-env");
+  try {
+    assert.is(planWorkers(normalizeOptions({ nParallelWorkers: 1 }), { dir: "/d" })[0]!.secret, "from-env");
+    assert.is(normalizeOptions({ nParallelWorkers: 1, secret: "explicit" }).secret, "explicit");
+  } finally {
+    setEnv("DITASK_SECRET", undefined);
+  }
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, tls }), (e: unknown) => e instanceof TypeError && /tls needs protocol "tcp"/.test((e as Error).message));
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, startupInterval: -1 }), (e: unknown) => e instanceof RangeError);
+});
+
 Plan("bad options throw at once with errors naming the problem", () => {
   const bad: Array<[object, new (...a: never[]) => Error, RegExp]> = [
     [{ nParallelWorkers: 0 }, RangeError, /nParallelWorkers/],

@@ -3,6 +3,8 @@ import * as assert from "uvu/assert";
 import type { ChildProcess } from "node:child_process";
 import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
+import { Task } from "../../lib/task.ts";
+import { Router } from "../../lib/router.ts";
 import { encodeHello, encodeResume, FRAME_HELLO, parseFrame } from "../../lib/transport/ws/protocol.ts";
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { setLogLevel } from "../../lib/log.ts";
@@ -176,6 +178,22 @@ R("drain() resolves once every peer acknowledged what was published", async () =
   await withTimeout(b.drain(), 10_000, "drain");
   assert.is(n, 1000);
   assert.is(b.backlog(0), 0);
+});
+
+R("task.router.drain() resolves once the peer acknowledged every emitted event", async () => {
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1] });
+  const b = await node({ nodeId: 1, dial: [a.address!] });
+  await Promise.all([a.open(), b.open()]);
+  const sender = new Task(new Router());
+  sender.router.attach(b);
+  sender.start();
+  closers.push(() => sender.stop());
+  let n = 0;
+  a.onMessage(() => n++);
+  await withTimeout(sender.router.drain(), 5000, "drain with nothing sent");
+  for (let i = 0; i < 2000; i++) sender.emitRemote("x", i);
+  await withTimeout(sender.router.drain(), 10_000, "drain");
+  assert.is(n, 2000);
 });
 
 R("a peer that closes normally is reported as left at once and not redialed", async () => {
