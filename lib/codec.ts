@@ -104,67 +104,78 @@ function allowedTag(t: number): boolean {
  * @returns `undefined` when the bytes are fine, else the reason.
  */
 export function checkCbor(b: Uint8Array): string | undefined {
-  let pos = 0;
-  const fail = (why: string) => {
-    throw new RangeError(why);
-  };
-  const arg = (info: number): number => {
-    if (info < 24) return info;
-    const len = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : fail("reserved additional information");
-    if (pos + len > b.length) fail("data ends early");
-    let v = 0;
-    for (let i = 0; i < len; i++) v = v * 256 + b[pos + i]!;
-    pos += len;
-    return v;
-  };
-  // Returns true when the item was a "break" (only valid inside an indefinite-length container).
-  const item = (depth: number): boolean => {
-    if (depth > MAX_CBOR_DEPTH) fail(`nested deeper than ${MAX_CBOR_DEPTH}`);
-    if (pos >= b.length) fail("data ends early");
-    const first = b[pos++]!;
-    const major = first >> 5;
-    const info = first & 31;
-    if (major === 7) {
-      if (info === 31) return true;
-      if (info === 24) pos += 1;
-      else if (info === 25) pos += 2;
-      else if (info === 26) pos += 4;
-      else if (info === 27) pos += 8;
-      else if (info > 27) fail("reserved additional information");
-      if (pos > b.length) fail("data ends early");
-      return false;
-    }
-    if (info === 31) {
-      if (major < 2 || major === 6) fail("indefinite length on a type that has none");
-      for (;;) if (item(depth + 1)) return false;
-    }
-    const n = arg(info);
-    switch (major) {
-      case 2:
-      case 3:
-        if (pos + n > b.length) fail("data ends early");
-        pos += n;
-        break;
-      case 4:
-        for (let i = 0; i < n; i++) if (item(depth + 1)) fail("unexpected break");
-        break;
-      case 5:
-        for (let i = 0; i < 2 * n; i++) if (item(depth + 1)) fail("unexpected break");
-        break;
-      case 6:
-        if (!allowedTag(n)) fail(`tag ${n} is not accepted`);
-        if (item(depth + 1)) fail("unexpected break");
-        break;
-    }
-    return false;
-  };
+  src = b;
+  pos = 0;
   try {
     if (item(0)) return "unexpected break";
     if (pos !== b.length) return "trailing bytes after the value";
     return undefined;
   } catch (err) {
     return (err as Error).message;
+  } finally {
+    src = EMPTY;
   }
+}
+
+// The walker's state lives at module level: no closures or objects per call (it runs per event).
+const EMPTY = new Uint8Array(0);
+let src: Uint8Array = EMPTY;
+let pos = 0;
+
+function fail(why: string): never {
+  throw new RangeError(why);
+}
+
+function arg(info: number): number {
+  if (info < 24) return info;
+  const len = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : fail("reserved additional information");
+  if (pos + len > src.length) fail("data ends early");
+  let v = 0;
+  for (let i = 0; i < len; i++) v = v * 256 + src[pos + i]!;
+  pos += len;
+  return v;
+}
+
+/** Check one item; returns true when it was a "break" (valid only in an indefinite container). */
+function item(depth: number): boolean {
+  if (depth > MAX_CBOR_DEPTH) fail(`nested deeper than ${MAX_CBOR_DEPTH}`);
+  if (pos >= src.length) fail("data ends early");
+  const first = src[pos++]!;
+  const major = first >> 5;
+  const info = first & 31;
+  if (major === 7) {
+    if (info === 31) return true;
+    if (info === 24) pos += 1;
+    else if (info === 25) pos += 2;
+    else if (info === 26) pos += 4;
+    else if (info === 27) pos += 8;
+    else if (info > 27) fail("reserved additional information");
+    if (pos > src.length) fail("data ends early");
+    return false;
+  }
+  if (info === 31) {
+    if (major < 2 || major === 6) fail("indefinite length on a type that has none");
+    for (;;) if (item(depth + 1)) return false;
+  }
+  const n = arg(info);
+  switch (major) {
+    case 2:
+    case 3:
+      if (pos + n > src.length) fail("data ends early");
+      pos += n;
+      break;
+    case 4:
+      for (let i = 0; i < n; i++) if (item(depth + 1)) fail("unexpected break");
+      break;
+    case 5:
+      for (let i = 0; i < 2 * n; i++) if (item(depth + 1)) fail("unexpected break");
+      break;
+    case 6:
+      if (!allowedTag(n)) fail(`tag ${n} is not accepted`);
+      if (item(depth + 1)) fail("unexpected break");
+      break;
+  }
+  return false;
 }
 
 /** The codec used for event arguments. */

@@ -244,16 +244,17 @@ export class Router {
     this.#replay(TASK_TOPIC_PREFIX + event, true);
   }
 
-  /** @internal Run `fn` with `sender` set to `from`. */
-  withSender<T>(from: number | null, fn: () => T): T {
+  /** @internal Call the listeners of `event` on `bus` with `sender` set to `from` (no closure: per event). */
+  emitAs(bus: EventBus, event: string, args: readonly unknown[], from: number | null): void {
     const prev = this.#sender;
     this.#sender = from;
     try {
-      return fn();
+      bus.emit(event, args);
     } finally {
       this.#sender = prev;
     }
   }
+
 
   #encode(topic: string, args: unknown[]): Uint8Array {
     try {
@@ -295,12 +296,12 @@ export class Router {
   }
 
   #dispatch(topic: string, args: unknown[], from: number): void {
+    const event = taskEvent(topic);
+    if (event === undefined) return this.emitAs(this.#bus, topic, args, from);
     const prev = this.#sender;
     this.#sender = from;
     try {
-      const event = taskEvent(topic);
-      if (event !== undefined) this.#sink?.deliver(event, args);
-      else this.#bus.emit(topic, args);
+      this.#sink?.deliver(event, args);
     } finally {
       this.#sender = prev;
     }
@@ -320,6 +321,6 @@ export class Router {
   }
 
   #peer(e: PeerEvent): void {
-    this.withSender(e.nodeId, () => this.#bus.emit(e.type === "joined" ? PEER_JOINED : PEER_LEFT, [e.nodeId, e.labels]));
+    this.emitAs(this.#bus, e.type === "joined" ? PEER_JOINED : PEER_LEFT, [e.nodeId, e.labels], e.nodeId);
   }
 }

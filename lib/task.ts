@@ -595,7 +595,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   }
 
   #emitLocal(event: string, args: readonly unknown[]): void {
-    this.router.withSender(this.router.nodeId, () => this.#bus.emit(event, args));
+    this.router.emitAs(this.#bus, event, args, this.router.nodeId);
   }
 
   #handlerFailed(err: unknown, event: string): void {
