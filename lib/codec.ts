@@ -19,6 +19,65 @@ export interface Codec {
    * @throws {CodecError} If the bytes are not valid.
    */
   decode(bytes: Uint8Array): unknown;
+  /** Optional: whether `bytes` came from `encode` and can be given back with `release`. */
+  pooled?(bytes: Uint8Array): boolean;
+  /**
+   * Optional: give back bytes that `encode` returned, once nothing reads them any more (not the
+   * caller, not a socket, not a decoded view), so that a later large encode reuses their memory.
+   * Bytes never given back are left to the garbage collector. Bytes it did not make are ignored.
+   */
+  release?(bytes: Uint8Array): void;
+}
+
+/** How many bytes of free buffers a codec's pool keeps for large encodes. */
+const POOL_BYTES = 32 * 1024 * 1024;
+const POOL_GRAIN = 64 * 1024;
+
+/**
+ * Buffers for large encodes, reused once released. A fresh large buffer costs a page fault per
+ * 4 KiB on its first write (about 1 ms per MiB in a VM), more than the copy that fills it.
+ */
+class BufferPool {
+  #free: ArrayBuffer[] = [];
+  #freeBytes = 0;
+  #out = new WeakSet<ArrayBuffer>();
+
+  /** A buffer of `size` bytes at offset 0 of its own memory (not zeroed when reused). */
+  take(size: number): Uint8Array {
+    const free = this.#free;
+    for (let i = free.length - 1; i >= 0; i--) {
+      const ab = free[i]!;
+      // Not much larger than asked: a small encode must not pin a large buffer.
+      if (ab.byteLength >= size && ab.byteLength - size <= size / 4 + POOL_GRAIN) {
+        free[i] = free[free.length - 1]!;
+        free.pop();
+        this.#freeBytes -= ab.byteLength;
+        this.#out.add(ab);
+        return new Uint8Array(ab, 0, size);
+      }
+    }
+    const ab = new ArrayBuffer(Math.ceil(size / POOL_GRAIN) * POOL_GRAIN);
+    this.#out.add(ab);
+    return new Uint8Array(ab, 0, size);
+  }
+
+  owns(bytes: Uint8Array): boolean {
+    return bytes.byteOffset === 0 && this.#out.has(bytes.buffer as ArrayBuffer);
+  }
+
+  give(bytes: Uint8Array): void {
+    const ab = bytes.buffer as ArrayBuffer;
+    if (bytes.byteOffset !== 0 || !this.#out.delete(ab)) return;
+    if (this.#freeBytes + ab.byteLength > POOL_BYTES) {
+      // Keep the most recent ones: drop the oldest free buffers to make room.
+      while (this.#free.length > 0 && this.#freeBytes + ab.byteLength > POOL_BYTES) {
+        this.#freeBytes -= this.#free.shift()!.byteLength;
+      }
+      if (ab.byteLength > POOL_BYTES) return;
+    }
+    this.#free.push(ab);
+    this.#freeBytes += ab.byteLength;
+  }
 }
 
 const WARM_UP = new Uint8Array(1024 * 1024);
@@ -55,11 +114,12 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
   // 2 KiB remain; it starts at 8 KiB, so small messages would need a new buffer every few encodes.
   // One large encode up front makes that buffer 1 MiB.
   enc.encode(WARM_UP);
+  const pool = new BufferPool();
   return {
     encode(value: unknown): Uint8Array {
       let bytes: Uint8Array;
       try {
-        bytes = enc.encode(value);
+        bytes = findLarge(value, 0) ? encodeGathered(enc, value, pool) : enc.encode(value);
       } catch (cause) {
         throw new CodecError(`Cannot encode value: ${(cause as Error).message}`, { cause });
       }
@@ -74,6 +134,12 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
       }
       return bytes;
     },
+    pooled(bytes: Uint8Array): boolean {
+      return pool.owns(bytes);
+    },
+    release(bytes: Uint8Array): void {
+      pool.give(bytes);
+    },
     decode(bytes: Uint8Array): unknown {
       const bad = checkCbor(bytes);
       if (bad !== undefined) throw new CodecError(`Cannot decode ${bytes.byteLength} bytes: ${bad}`);
@@ -85,6 +151,186 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
     },
   };
 }
+
+/**
+ * Typed arrays at least this large are not encoded by cbor-x (which copies them into its growing
+ * buffer and then out again): the bytes around them are, and the array's own bytes are copied
+ * once, straight into the result. The bytes decode exactly as cbor-x's would.
+ */
+export const LARGE_TYPED_ARRAY = 64 * 1024;
+
+// cbor-x's tags for typed arrays (RFC 8746, little-endian forms; cbor-x picks these on
+// little-endian machines, which is every machine Node and Deno run on).
+const TYPED_TAGS = new Map<unknown, number>([
+  [Uint8Array, 64],
+  [Uint8ClampedArray, 68],
+  [Uint16Array, 69],
+  [Uint32Array, 70],
+  [BigUint64Array, 71],
+  [Int8Array, 72],
+  [Int16Array, 77],
+  [Int32Array, 78],
+  [BigInt64Array, 79],
+  [Float32Array, 85],
+  [Float64Array, 86],
+]);
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+/** How deep into arrays and plain objects large typed arrays are looked for. */
+const GATHER_DEPTH = 8;
+/** How many values one look may visit (it runs on every encode; small events stop at once). */
+const GATHER_BUDGET = 256;
+let budget = 0;
+
+function isLarge(v: ArrayBufferView): boolean {
+  return v.byteLength >= LARGE_TYPED_ARRAY && LITTLE_ENDIAN && TYPED_TAGS.has(v.constructor);
+}
+
+function isPlainObject(v: object): v is Record<string, unknown> {
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/** Whether `v` holds a large typed array (in arrays and plain objects, within the look's budget). */
+function findLarge(v: unknown, depth: number): boolean {
+  if (depth === 0) budget = GATHER_BUDGET;
+  if (--budget < 0 || typeof v !== "object" || v === null) return false;
+  if (ArrayBuffer.isView(v)) return isLarge(v);
+  if (depth >= GATHER_DEPTH) return false;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      if (findLarge(v[i], depth + 1)) return true;
+      if (budget < 0) return false;
+    }
+    return false;
+  }
+  if (!isPlainObject(v)) return false;
+  for (const k in v) {
+    if (Object.hasOwn(v, k) && findLarge(v[k], depth + 1)) return true;
+    if (budget < 0) return false;
+  }
+  return false;
+}
+
+/** A CBOR head of major type `major` for `n`, exactly `size` bytes long (1, 2, 3, 5 or 9). */
+function head(major: number, n: number, size: number): Uint8Array {
+  const h = new Uint8Array(size);
+  if (size === 1) h[0] = (major << 5) | n;
+  else {
+    h[0] = (major << 5) | (size === 2 ? 24 : size === 3 ? 25 : size === 5 ? 26 : 27);
+    let v = n;
+    for (let i = size - 1; i >= 1; i--) {
+      h[i] = v % 256;
+      v = Math.floor(v / 256);
+    }
+  }
+  return h;
+}
+
+function minHead(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
+}
+
+/**
+ * Encode `value`, which holds large typed arrays: cbor-x encodes what is around them, the heads
+ * of the arrays and plain objects on the way to them are written here, and each large array is a
+ * tag, a byte-string head and the array's bytes, copied once into a pooled buffer. Heads are
+ * lengthened where that puts an array's bytes at a multiple of 8 from the start (valid CBOR: a
+ * longer head than needed), so that a receiver holding the bytes at an aligned address decodes the
+ * array as a view, not a copy.
+ */
+function encodeGathered(enc: { encode(v: unknown): Uint8Array }, value: unknown, pool: BufferPool): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  const push = (b: Uint8Array) => {
+    parts.push(b);
+    size += b.byteLength;
+  };
+  // Our own heads since the last large array: [part index, major type, value], in order. They
+  // may still be lengthened without moving an array already placed.
+  let flex: Array<[number, number, number]> = [];
+  const pushHead = (major: number, n: number) => {
+    flex.push([parts.length, major, n]);
+    push(head(major, n, minHead(n)));
+  };
+  // Lengthen the tag's head and up to two of the latest flexible heads so that the array's bytes,
+  // `after` bytes past the end of what is written so far, start at a multiple of 8.
+  const align = (after: number): number => {
+    const cands = flex.slice(-2);
+    // Sizes up to 5: cbor-x reads 9-byte heads of strings and containers badly.
+    const grow = (i: number) => {
+      const now = parts[cands[i]![0]]!.byteLength;
+      return [1, 2, 3, 5].filter((s) => s >= now).map((s) => s - now);
+    };
+    const g0 = cands.length > 0 ? grow(0) : [0];
+    const g1 = cands.length > 1 ? grow(1) : [0];
+    for (const t of [2, 3, 5, 9]) {
+      for (const d0 of g0) {
+        for (const d1 of g1) {
+          if ((size + d0 + d1 + t + after) % 8 !== 0) continue;
+          [d0, d1].forEach((d, i) => {
+            if (d === 0) return;
+            const [at, major, n] = cands[i]!;
+            const h = head(major, n, parts[at]!.byteLength + d);
+            size += d;
+            parts[at] = h;
+          });
+          return t;
+        }
+      }
+    }
+    return 2;
+  };
+  const walk = (v: unknown, depth: number): void => {
+    if (ArrayBuffer.isView(v) && isLarge(v)) {
+      const tag = TYPED_TAGS.get(v.constructor)!;
+      const len = v.byteLength;
+      // The byte string's head stays minimal: cbor-x cannot read byte strings with a longer one.
+      const b = minHead(len);
+      push(head(6, tag, align(b)));
+      push(head(2, len, b));
+      push(new Uint8Array(v.buffer, v.byteOffset, len));
+      flex = [];
+      return;
+    }
+    if (depth < GATHER_DEPTH && typeof v === "object" && v !== null && findLarge(v, 0)) {
+      if (Array.isArray(v)) {
+        pushHead(4, v.length);
+        for (let i = 0; i < v.length; i++) walk(v[i], depth + 1);
+        return;
+      }
+      if (isPlainObject(v)) {
+        const keys = Object.keys(v);
+        pushHead(5, keys.length);
+        for (const k of keys) {
+          const key = utf8.encode(k);
+          pushHead(3, key.byteLength);
+          push(key);
+          walk(v[k], depth + 1);
+        }
+        return;
+      }
+    }
+    // Strings and integers in between are written here too, so that their heads can be lengthened.
+    if (typeof v === "string" && !LONE_SURROGATE.test(v)) {
+      const bytes = utf8.encode(v);
+      pushHead(3, bytes.byteLength);
+      push(bytes);
+    } else if (typeof v === "number" && Number.isInteger(v) && Math.abs(v) < 0x100000000 && !Object.is(v, -0)) {
+      pushHead(v >= 0 ? 0 : 1, v >= 0 ? v : -1 - v);
+    } else push(enc.encode(v));
+  };
+  walk(value, 0);
+  const out = pool.take(size);
+  let pos = 0;
+  for (const p of parts) {
+    out.set(p, pos);
+    pos += p.byteLength;
+  }
+  return out;
+}
+
+const utf8 = new TextEncoder();
+const LONE_SURROGATE = /[\uD800-\uDFFF]/;
 
 /** The deepest nesting of arrays, maps and tags a decoded value may have. */
 export const MAX_CBOR_DEPTH = 128;

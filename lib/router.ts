@@ -208,7 +208,7 @@ export class Router {
    */
   emit(topic: string, ...args: unknown[]): void {
     if (!this.#transport) return;
-    this.#transport.publish(topic, this.#encode(topic, args));
+    this.#publish(topic, args);
   }
 
   /**
@@ -228,8 +228,7 @@ export class Router {
   /** @internal Send a task event to the peers. */
   publishTask(event: string, args: unknown[]): void {
     if (!this.#transport) return;
-    const topic = TASK_TOPIC_PREFIX + event;
-    this.#transport.publish(topic, this.#encode(topic, args));
+    this.#publish(TASK_TOPIC_PREFIX + event, args);
   }
 
   /** @internal Subscribe or unsubscribe the task topic of `event` on the transport. */
@@ -255,13 +254,17 @@ export class Router {
     }
   }
 
-
-  #encode(topic: string, args: unknown[]): Uint8Array {
+  #publish(topic: string, args: unknown[]): void {
+    let payload: Uint8Array;
     try {
-      return this.#codec.encode(args);
+      payload = this.#codec.encode(args);
     } catch (err) {
       throw new CodecError(`Cannot send "${topic}": ${(err as Error).message}`, { cause: err });
     }
+    const codec = this.#codec;
+    // Large encodings come from the codec's pool: they go back to it once every peer has them.
+    if (codec.release && codec.pooled?.(payload)) this.#transport!.publish(topic, payload, () => codec.release!(payload));
+    else this.#transport!.publish(topic, payload);
   }
 
   #wants(topic: string): boolean {

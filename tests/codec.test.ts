@@ -1,6 +1,6 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { cborCodec, checkCbor, nativeCbor } from "../lib/codec.ts";
+import { cborCodec, checkCbor, createCborCodec, LARGE_TYPED_ARRAY, nativeCbor } from "../lib/codec.ts";
 import { CodecError } from "../lib/errors.ts";
 import { runtimeKey } from "../lib/runtime.ts";
 
@@ -97,6 +97,114 @@ C("cbor-x runs pure JS on Deno (its native addon crashes Deno)", () => {
   // A larger message with many strings: the shape that crashed Deno with the addon.
   const v = Array.from({ length: 5000 }, (_, i) => ({ name: `string number ${i}`, tags: ["a", "b", `c${i}`] }));
   assert.equal(rt(v), v);
+});
+
+// Large typed arrays bypass cbor-x's encoder (one copy into a pooled buffer); what comes out must
+// decode exactly as cbor-x's own encoding does, on a decoder that knows nothing of the trick.
+// cbor-x is imported after lib/codec.ts has loaded it: a static import could load it first, with
+// its native addon on Deno.
+const { Decoder } = await import("cbor-x");
+const plainDecoder = new Decoder({ mapsAsObjects: true, useRecords: false } as ConstructorParameters<typeof Decoder>[0]);
+
+function large<T>(make: (n: number) => T, bytesPer: number): T {
+  return make(Math.ceil(LARGE_TYPED_ARRAY / bytesPer) + 3);
+}
+
+C("large typed arrays of every class decode as cbor-x's encoding does, alone and nested", () => {
+  const makers: Array<() => ArrayBufferView> = [
+    () => large((n) => new Uint8Array(n).map((_, i) => i), 1),
+    () => large((n) => new Uint8ClampedArray(n).map((_, i) => i), 1),
+    () => large((n) => new Int8Array(n).map((_, i) => -i), 1),
+    () => large((n) => new Uint16Array(n).map((_, i) => i * 3), 2),
+    () => large((n) => new Int16Array(n).map((_, i) => -i), 2),
+    () => large((n) => new Uint32Array(n).map((_, i) => i * 7919), 4),
+    () => large((n) => new Int32Array(n).map((_, i) => -i * 7919), 4),
+    () => large((n) => new Float32Array(n).map((_, i) => i / 3), 4),
+    () => large((n) => new Float64Array(n).map((_, i) => i / 7), 8),
+    () => large((n) => new BigInt64Array(n).map((_, i) => BigInt(-i)), 8),
+    () => large((n) => new BigUint64Array(n).map((_, i) => BigInt(i) << 40n), 8),
+  ];
+  for (const make of makers) {
+    const a = make();
+    const name = a.constructor.name;
+    const shapes: unknown[] = [
+      [a],
+      [1, "two", a, { three: 3 }],
+      [{ weights: a, step: 5, tags: ["x"] }],
+      [{ layers: [{ w: a, b: new Float32Array(3) }], meta: { n: null, u: undefined } }],
+      { k: a, [`key with ü ${name}`]: a },
+    ];
+    for (const v of shapes) {
+      const bytes = cborCodec.encode(v);
+      assert.is(checkCbor(bytes), undefined, name);
+      const want = plainDecoder.decode(createCborCodec().encode(structuredClone(v)));
+      assert.equal(plainDecoder.decode(bytes), want, name);
+      assert.equal(cborCodec.decode(bytes), v, name);
+    }
+  }
+});
+
+C("a large typed array is copied at encode: changing it afterwards does not change what was encoded", () => {
+  const a = new Float32Array(LARGE_TYPED_ARRAY).fill(1);
+  const bytes = cborCodec.encode([a]);
+  a.fill(2);
+  const [b] = cborCodec.decode(bytes) as [Float32Array];
+  assert.is(b[0], 1);
+  assert.is(b[b.length - 1], 1);
+});
+
+C("large typed arrays land 8-aligned in the encoding, so a receiver decodes them as views", () => {
+  // Prefixes of every length in front of the array: the encoder lengthens heads to align it.
+  let aligned = 0;
+  for (let k = 0; k < 16; k++) {
+    const a = new Float64Array(LARGE_TYPED_ARRAY / 8).fill(k);
+    for (const v of [[{ ["x".repeat(k)]: a }], ["y".repeat(k), a], [{ n: "z".repeat(k), deeper: [k, a] }]]) {
+      const bytes = cborCodec.encode(v);
+      // The array's bytes are the last a.byteLength bytes of the encoding.
+      if ((bytes.byteLength - a.byteLength) % 8 === 0) aligned++;
+      const back = cborCodec.decode(bytes);
+      assert.equal(back, v);
+      const got = JSON.stringify(v[0]).includes("deeper")
+        ? ((back as [{ deeper: [number, Float64Array] }])[0].deeper[1])
+        : typeof v[0] === "string"
+        ? (back as [string, Float64Array])[1]
+        : (back as [Record<string, Float64Array>])[0]["x".repeat(k)]!;
+      assert.is(got.buffer, bytes.buffer, `k=${k} ${JSON.stringify(v).slice(0, 30)}: decoded as a view, not a copy`);
+    }
+  }
+  assert.is(aligned, 48);
+});
+
+C("large encodes come from a pool: a released buffer is reused, others are ignored", () => {
+  const codec = createCborCodec();
+  const a = new Float32Array(LARGE_TYPED_ARRAY);
+  const first = codec.encode([a]);
+  assert.ok(codec.pooled!(first));
+  assert.not.ok(codec.pooled!(codec.encode([1, 2, 3])), "small encodes are cbor-x's, not pooled");
+  const second = codec.encode([a]);
+  assert.is.not(second.buffer, first.buffer, "a buffer in use is not handed out again");
+  codec.release!(first);
+  codec.release!(first); // twice: harmless
+  codec.release!(new Uint8Array(10)); // not from this codec: ignored
+  const third = codec.encode([a]);
+  assert.is(third.buffer, first.buffer, "the released buffer is reused");
+  const fourth = codec.encode([a]);
+  assert.is.not(fourth.buffer, first.buffer, "released once, reused once");
+  // A much smaller encode does not take a much larger free buffer.
+  codec.release!(fourth);
+  const big = codec.encode([new Float32Array(LARGE_TYPED_ARRAY * 4)]);
+  codec.release!(big);
+  const small = codec.encode([a]);
+  assert.is.not(small.buffer, big.buffer);
+});
+
+C("objects with too many values to search fall back to cbor-x and still round-trip", () => {
+  const v: Record<string, unknown> = {};
+  for (let i = 0; i < 1000; i++) v[`k${i}`] = i;
+  v.last = new Float32Array(LARGE_TYPED_ARRAY);
+  const bytes = cborCodec.encode(v);
+  assert.not.ok(cborCodec.pooled!(bytes));
+  assert.equal(cborCodec.decode(bytes), v);
 });
 
 C.run();

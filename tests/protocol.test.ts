@@ -79,6 +79,37 @@ P("encodeEvents() writes the same bytes as cbor-x; a large single payload is spl
   }
 });
 
+P("a message in fragments: a split EVENT's payload fragment is used as is; other splits are joined", () => {
+  const big = new Uint8Array(LARGE_PAYLOAD + 8).map((_, i) => i & 0xff);
+  const [head, payload] = encodeEvents(9, 2, ["task.w", big]) as [Uint8Array, Uint8Array];
+  const f = parseFrame([head, payload]) as unknown as { kind: number; seq: number; from: number; items: [string, Uint8Array] };
+  assert.equal([f.kind, f.seq, f.from, f.items[0]], [FRAME_EVENT, 9, 2, "task.w"]);
+  assert.is(f.items[1].buffer, big.buffer, "the payload fragment is not copied");
+  // Split anywhere else (as a proxy could re-fragment): joined, same result.
+  const whole = new Uint8Array(head.length + payload.length);
+  whole.set(head);
+  whole.set(payload, head.length);
+  for (const cuts of [[3], [head.length + 5], [1, head.length, head.length + 100]]) {
+    const frags: Uint8Array[] = [];
+    let at = 0;
+    for (const c of [...cuts, whole.length]) {
+      frags.push(whole.subarray(at, c));
+      at = c;
+    }
+    const g = parseFrame(frags) as unknown as { seq: number; items: [string, Uint8Array] };
+    assert.is(g.seq, 9, `cuts ${cuts}`);
+    assert.equal([...g.items[1].subarray(0, 300)], [...big.subarray(0, 300)], `cuts ${cuts}`);
+    assert.is(g.items[1].byteLength, big.byteLength);
+  }
+  // A head whose payload length does not match its fragment is joined and then refused.
+  const wrong = parseFrame([head, payload.subarray(1)]);
+  assert.type(wrong, "string");
+  // A BATCH in fragments is joined and parsed.
+  const batch = encodeEvents(4, 1, ["a", new Uint8Array([1]), "b", new Uint8Array([2])]) as Uint8Array;
+  const b = parseFrame([batch.subarray(0, 5), batch.subarray(5)]) as unknown as { seq: number; items: unknown[] };
+  assert.equal([b.seq, b.items.length], [4, 4]);
+});
+
 P("BATCH parses into topic/payload pairs", () => {
   const f = parseFrame(encodeBatch(5, 1, ["a", new Uint8Array([1]), "b", new Uint8Array([2])]));
   assert.equal(f, { kind: FRAME_EVENT, seq: 5, from: 1, items: ["a", new Uint8Array([1]), "b", new Uint8Array([2])] });

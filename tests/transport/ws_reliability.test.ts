@@ -5,7 +5,8 @@ import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
 import { Task } from "../../lib/task.ts";
 import { Router } from "../../lib/router.ts";
-import { encodeHello, encodeResume, FRAME_HELLO, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { encodeHello, encodeResume, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { type Codec, createCborCodec } from "../../lib/codec.ts";
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { setLogLevel } from "../../lib/log.ts";
 import { spawnScript } from "../../lib/runtime.ts";
@@ -194,6 +195,98 @@ R("task.router.drain() resolves once the peer acknowledged every emitted event",
   for (let i = 0; i < 2000; i++) sender.emitRemote("x", i);
   await withTimeout(sender.router.drain(), 10_000, "drain");
   assert.is(n, 2000);
+});
+
+R("publish's done runs once, after every peer acknowledged the payload; at once with no peer", async () => {
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1, 2] });
+  const b = await node({ nodeId: 1, dial: [a.address!], expect: [0] });
+  const c = await node({ nodeId: 2, dial: [a.address!], expect: [0] });
+  await Promise.all([a.open(), b.open(), c.open()]);
+  const got = [0, 0];
+  b.onMessage(() => got[0]!++);
+  c.onMessage(() => got[1]!++);
+  const seen: string[] = [];
+  const big = new Uint8Array(LARGE_PAYLOAD * 2);
+  a.publish("big", big, () => seen.push(`big after ${got}`));
+  a.publish("small", u32(1), () => seen.push("small"));
+  await until(() => seen.length === 2, "both done callbacks");
+  // The small payload is copied into its frame, so it is released when framed (first).
+  assert.equal(seen, ["small", "big after 2,2"]);
+  await withTimeout(a.drain(), 5000, "drain");
+  assert.is(seen.length, 2, "each done ran once");
+  const alone = await node({ nodeId: 7, listen: "tcp://127.0.0.1:0" });
+  await alone.open();
+  let ran = 0;
+  alone.publish("x", big, () => ran++);
+  assert.is(ran, 1, "no peer holds it: done runs at once");
+});
+
+R("a payload whose peer was dropped is never released for reuse (it may still be in the socket)", async () => {
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxOutboxBytes: 4 * 1024 * 1024 });
+  await a.open();
+  const ws = new WebSocket(a.address!.replace("tcp://", "ws://"), { perMessageDeflate: false });
+  closers.push(() => ws.terminate());
+  ws.on("error", () => {});
+  ws.on("message", (d) => {
+    const f = parseFrame(new Uint8Array(d as Buffer));
+    if (typeof f !== "string" && f.kind === FRAME_HELLO) {
+      ws.send(encodeResume(f.session, 0));
+      (ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    }
+  });
+  ws.once("open", () => ws.send(encodeHello(5, [], "stalledsession", "n".repeat(16))));
+  await until(() => a.peers.includes(5), "stalled peer joined");
+  const left: PeerEvent[] = [];
+  a.onPeer((e) => left.push(e));
+  let released = 0;
+  for (let i = 0; i < 50 && left.length === 0; i++) {
+    a.publish("big", new Uint8Array(1024 * 1024), () => released++);
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.equal(left.map((e) => `${e.type} ${e.nodeId}`), ["left 5"]);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(released, 0);
+});
+
+R("large arrays emitted from one reused source arrive as emitted, while the codec's buffers are reused", async () => {
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1] });
+  const b = await node({ nodeId: 1, dial: [a.address!] });
+  await Promise.all([a.open(), b.open()]);
+  const inner = createCborCodec();
+  let releases = 0;
+  const codec: Codec = {
+    encode: (v) => inner.encode(v),
+    decode: (x) => inner.decode(x),
+    pooled: (x) => inner.pooled!(x),
+    release: (x) => {
+      releases++;
+      inner.release!(x);
+    },
+  };
+  const sender = new Task(new Router());
+  sender.router.attach(b, { codec });
+  sender.start();
+  const receiver = new Task(new Router());
+  receiver.router.attach(a);
+  receiver.start();
+  closers.push(() => sender.stop(), () => receiver.stop());
+  const bad: string[] = [];
+  let n = 0;
+  receiver.on("w", (i, w) => {
+    const arr = w as Float32Array;
+    if (!(arr instanceof Float32Array) || arr.length !== 65536 || arr[0] !== i || arr[65535] !== i) bad.push(`event ${i}`);
+    n++;
+  });
+  const source = new Float32Array(65536);
+  const N = 60;
+  for (let i = 0; i < N; i++) {
+    source.fill(i); // the same array, changed right after each emit
+    sender.emitRemote("w", i, source);
+    if (i % 6 === 5) await withTimeout(sender.router.drain(), 10_000, "drain");
+  }
+  await until(() => n === N, `${N} arrays (got ${n})`);
+  assert.equal(bad, []);
+  assert.ok(releases >= N - 6, `${releases} buffers given back`);
 });
 
 R("a peer that closes normally is reported as left at once and not redialed", async () => {

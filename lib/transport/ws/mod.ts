@@ -214,6 +214,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #opened: Promise<void> | undefined;
   #flushScheduled = false;
   #dirty = new Set<PeerState>();
+  /** Payloads published with a `done` callback: how many peers still hold each. */
+  #holds = new Map<Uint8Array, { n: number; done: () => void }>();
   #drainWaiters = new Set<() => void>();
   #sleepers = new Set<() => void>();
 
@@ -476,7 +478,9 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       onReady: undefined,
     };
     this.#links.add(link);
-    ws.binaryType = "nodebuffer";
+    // Fragments as they came: a large event's payload fragment is used without joining it to
+    // its head (see parseFrame).
+    ws.binaryType = "fragments";
     ws.on("error", (err) => log.debug(`node ${this.nodeId}: socket error:`, err.message));
     ws.on("message", (data, isBinary) => this.#socketOnMessage(link, data, isBinary));
     ws.on("pong", () => (link.lastSeen = Date.now()));
@@ -522,7 +526,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
 
   #onFrame(link: Link, data: RawData, isBinary: boolean): void {
     if (!isBinary) return this.#bad(link, "text frames are not accepted");
-    const frame = parseFrame(data as Buffer);
+    const frame = parseFrame(data as Buffer | Buffer[]);
     if (typeof frame === "string") return this.#bad(link, frame);
     switch (frame.kind) {
       case FRAME_HELLO:
@@ -665,7 +669,9 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     const box = p.outbox;
     let i = 0;
     while (i < box.length && box[i]!.last <= seq) {
-      p.outboxBytes -= box[i]!.bytes;
+      const f = box[i]!;
+      p.outboxBytes -= f.bytes;
+      if (Array.isArray(f.frame) && this.#holds.size > 0) this.#release(f.frame[1]);
       i++;
     }
     if (i > 0) box.splice(0, i);
@@ -758,6 +764,12 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (lost > 0 && !this.#closed) {
       log.warn(`node ${this.nodeId}: node ${p.nodeId} left (${why}); ${lost} event(s) it had not acknowledged are dropped`);
     } else log.debug(`node ${this.nodeId}: node ${p.nodeId} left (${why})`);
+    if (this.#holds.size > 0) {
+      // Dropped, not delivered: the bytes may still be in a socket's send queue, so they are
+      // never given back for reuse (the garbage collector takes them).
+      for (const f of p.outbox) if (Array.isArray(f.frame)) this.#holds.delete(f.frame[1]);
+      for (let i = 1; i < p.queue.length; i += 2) this.#holds.delete(p.queue[i] as Uint8Array);
+    }
     p.outbox = [];
     p.outboxBytes = 0;
     p.queue = [];
@@ -766,8 +778,16 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (this.#drainWaiters.size > 0) this.#checkDrained();
   }
 
-  publish(topic: string, payload: Uint8Array): void {
+  publish(topic: string, payload: Uint8Array, done?: () => void): void {
     if (this.#closed) return;
+    if (done) {
+      if (this.#peers.size === 0) done();
+      else {
+        const hold = this.#holds.get(payload);
+        if (hold) hold.n += this.#peers.size;
+        else this.#holds.set(payload, { n: this.#peers.size, done });
+      }
+    }
     for (const p of this.#peers.values()) {
       p.queue.push(topic, payload);
       p.queueBytes += payload.byteLength + topic.length;
@@ -808,10 +828,18 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   #frame(p: PeerState, items: Array<string | Uint8Array>): void {
-    if (this.#peers.get(p.nodeId) !== p) return; // dropped as a slow consumer meanwhile
+    if (this.#peers.get(p.nodeId) !== p) {
+      // Dropped as a slow consumer meanwhile.
+      for (let i = 1; i < items.length; i += 2) this.#holds.delete(items[i] as Uint8Array);
+      return;
+    }
     const seq = p.sendSeq + 1;
     p.sendSeq += items.length / 2;
     const frame = encodeEvents(seq, this.nodeId, items);
+    // Payloads copied into a frame are not read again.
+    if (!Array.isArray(frame) && this.#holds.size > 0) {
+      for (let i = 1; i < items.length; i += 2) this.#release(items[i] as Uint8Array);
+    }
     // Each kept frame also costs its bookkeeping objects: count them, so the bound is honest.
     const bytes = ENTRY_OVERHEAD + (Array.isArray(frame) ? frame[0].byteLength + frame[1].byteLength : frame.byteLength);
     if (p.outbox.length === 0) p.progressAt = Date.now();
@@ -825,6 +853,15 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   /** Drop `p` as a slow consumer: close its link (4004) and report it as left. */
+  /** One holder of `payload` is done with it; the last one calls the publisher's `done`. */
+  #release(payload: Uint8Array): void {
+    const hold = this.#holds.get(payload);
+    if (hold && --hold.n === 0) {
+      this.#holds.delete(payload);
+      hold.done();
+    }
+  }
+
   #slow(p: PeerState, why: string): void {
     const link = p.link;
     log.warn(`node ${this.nodeId}: node ${p.nodeId} is a slow consumer: ${why}`);

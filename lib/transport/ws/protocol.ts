@@ -349,9 +349,13 @@ function readText(b: Uint8Array, pos: number, what: string): [string, number] | 
   }
 }
 
-/** Parse an EVENT or BATCH frame by hand (the hot path); the payloads are views into `b`. */
-function parseEvents(b: Uint8Array): EventsFrame | string {
+/**
+ * Parse an EVENT or BATCH frame by hand (the hot path); the payloads are views into `b`. With
+ * `tail`, `b` must be an EVENT frame that ends with its payload's head, and `tail` is the payload.
+ */
+function parseEvents(b: Uint8Array, tail?: Uint8Array): EventsFrame | string {
   const batch = b[1] === FRAME_BATCH;
+  if (tail && batch) return "BATCH split over fragments";
   if (b[0] !== (batch ? 0x84 : 0x85)) return batch ? "BATCH must have 4 items" : "EVENT must have 5 items";
   const what = batch ? "BATCH" : "EVENT";
   const s = readHead(b, 2, 0, `${what} seq`);
@@ -377,6 +381,11 @@ function parseEvents(b: Uint8Array): EventsFrame | string {
     const p = readHead(b, t[1], 2, `${what} payload`);
     if (typeof p === "string") return p;
     const [len, start] = p;
+    if (tail) {
+      if (start !== b.length || len !== tail.byteLength) return `${what} payload: does not match its fragment`;
+      items[1] = toBytes(tail);
+      return { kind: FRAME_EVENT, seq: s[0], from: f[0], items };
+    }
     if (start + len > b.length) return `${what} payload: frame ends early`;
     items[i + 1] = new Uint8Array(b.buffer, b.byteOffset + start, len);
     pos = start + len;
@@ -385,15 +394,30 @@ function parseEvents(b: Uint8Array): EventsFrame | string {
   return { kind: FRAME_EVENT, seq: s[0], from: f[0], items };
 }
 
+function isEventsHead(bytes: Uint8Array): boolean {
+  return bytes.length >= 2 && (bytes[1] === FRAME_EVENT || bytes[1] === FRAME_BATCH) && (bytes[0]! >> 5) === 4;
+}
+
 /**
- * Parse and check one received message.
+ * Parse and check one received message: its bytes, or the fragments it arrived in.
  *
  * @returns The frame, or a string that says why the bytes are not a valid frame.
  */
-export function parseFrame(bytes: Uint8Array): Frame | string {
-  if (bytes.length >= 2 && (bytes[1] === FRAME_EVENT || bytes[1] === FRAME_BATCH) && (bytes[0]! >> 5) === 4) {
-    return parseEvents(bytes);
+export function parseFrame(message: Uint8Array | Uint8Array[]): Frame | string {
+  let bytes: Uint8Array;
+  if (!Array.isArray(message)) bytes = message;
+  else if (message.length === 1) bytes = message[0]!;
+  else {
+    // A message that came in several fragments. An EVENT sent by encodeEvents as a head and a
+    // large payload is used as it came: the payload fragment is its own buffer, so nothing is
+    // copied and it starts aligned. Any other split is joined first.
+    if (message.length === 2 && isEventsHead(message[0]!)) {
+      const frame = parseEvents(message[0]!, message[1]!);
+      if (typeof frame !== "string") return frame;
+    }
+    bytes = Buffer.concat(message);
   }
+  if (isEventsHead(bytes)) return parseEvents(bytes);
   let v: unknown;
   try {
     v = envelope.decode(bytes);
