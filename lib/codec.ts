@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { runtimeKey, setEnv } from "./runtime.ts";
 import { CodecError } from "./errors.ts";
 
@@ -80,7 +81,7 @@ class BufferPool {
   }
 }
 
-const WARM_UP = new Uint8Array(1024 * 1024);
+const ENCODE_BUFFER = 1024 * 1024;
 
 /** Options of {@link createCborCodec}. */
 export interface CborCodecOptions {
@@ -110,10 +111,11 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
     useTag259ForMaps: true,
     tagUint8Array: options.tagUint8Array ?? true,
   } as ConstructorParameters<typeof cbor.Encoder>[0]);
-  // cbor-x encodes into a shared buffer and starts a new one of the same size when fewer than
-  // 2 KiB remain; it starts at 8 KiB, so small messages would need a new buffer every few encodes.
-  // One large encode up front makes that buffer 1 MiB.
-  enc.encode(WARM_UP);
+  // cbor-x encodes into a buffer shared by all its encoders and starts a new one of the same size
+  // when fewer than 2 KiB remain; it starts at 8 KiB, so small messages would need a new buffer
+  // every few encodes. Handing it a 1 MiB buffer (its documented useBuffer) fixes that size. The
+  // buffer is not zeroed: its pages are touched only as encodes fill it, which keeps start-up short.
+  (enc as unknown as { useBuffer(b: Uint8Array): void }).useBuffer(Buffer.allocUnsafeSlow(ENCODE_BUFFER));
   const pool = new BufferPool();
   return {
     encode(value: unknown): Uint8Array {

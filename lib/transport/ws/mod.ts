@@ -422,9 +422,10 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         if (!reported && Date.now() >= deadline) {
           report(new TransportError(`Cannot connect to ${formatAddress(addr)} within ${this.#connectTimeout} ms: ${e.message}`, { cause: err }));
         }
-        // Exponential backoff with jitter: 10 ms doubling up to 2 s (500 ms before the first
-        // link), times 0.5 to 1.
-        const cap = reported ? 2000 : 500;
+        // Exponential backoff with jitter: 10 ms doubling up to 2 s, times 0.5 to 1. Before the
+        // first link the cap is 50 ms: at start-up the peer is usually still loading, a refused
+        // dial costs well under a millisecond, and a longer wait would be added to the launch.
+        const cap = reported ? 2000 : 50;
         const wait = Math.min(cap, 10 * 2 ** Math.min(attempt++, 8)) * (0.5 + Math.random() / 2);
         await this.#sleep(reported ? wait : Math.min(wait, Math.max(1, deadline - Date.now())));
         continue;
