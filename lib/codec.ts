@@ -1,12 +1,9 @@
 import { Buffer } from "node:buffer";
-import { runtimeKey, setEnv } from "./runtime.ts";
+import { loadCbor } from "./runtime.ts";
 import { CodecError } from "./errors.ts";
 
-// cbor-x's native string extractor (cbor-extract) is built for Node's V8. Deno loads it and then
-// crashes the process on the first larger message with strings, so on Deno cbor-x must run pure JS.
-// The switch is read when cbor-x loads, hence the dynamic import after setting it.
-if (runtimeKey === "deno") setEnv("CBOR_NATIVE_ACCELERATION_DISABLED", "true");
-const cbor = await import("cbor-x");
+// Pure JS on Deno (its native addon crashes Deno); see loadCbor.
+const cbor = await loadCbor();
 
 /** Encodes values to bytes and back. */
 export interface Codec {

@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { DitaskError } from "./errors.ts";
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 
 interface DenoLike {
@@ -18,6 +19,30 @@ const deno = (globalThis as { Deno?: DenoLike }).Deno;
 
 /** Which runtime this process is: `"deno"` or `"node"`. */
 export const runtimeKey: "deno" | "node" = deno !== undefined ? "deno" : "node";
+
+const nodeRequire = deno ? undefined : createRequire(import.meta.url);
+
+/**
+ * Load `ws`. On Node through `require`, its CommonJS entry: for ws and cbor-x that takes about
+ * half the time of an ESM import (no export scan of every CommonJS file; cbor-x's is one bundled
+ * file), which counts eight times over when eight workers start at once on two cores. On Deno
+ * through `import`, resolved by deno.json's import map.
+ */
+export async function loadWs(): Promise<typeof import("ws")> {
+  return nodeRequire ? (nodeRequire("ws") as typeof import("ws")) : await import("ws");
+}
+
+/**
+ * Load cbor-x (on Node through `require`, see {@link loadWs}). cbor-x's native string extractor
+ * (cbor-extract) is built for Node's V8: Deno loads it and then crashes the process on the first
+ * larger message with strings, so on Deno it is switched off before cbor-x loads (cbor-x reads the
+ * switch once, when it loads).
+ */
+export async function loadCbor(): Promise<typeof import("cbor-x")> {
+  if (nodeRequire) return nodeRequire("cbor-x") as typeof import("cbor-x");
+  setEnv("CBOR_NATIVE_ACCELERATION_DISABLED", "true");
+  return await import("cbor-x");
+}
 
 /** Read an environment variable; `undefined` when unset or not permitted. */
 export function getEnv(name: string): string | undefined {

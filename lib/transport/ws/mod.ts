@@ -4,7 +4,7 @@ import { randomBytes, timingSafeEqual } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { Duplex } from "node:stream";
-import { type RawData, WebSocket, WebSocketServer } from "ws";
+import type { RawData } from "ws";
 import { nanoid } from "nanoid";
 import type { Transport } from "../types.ts";
 import { TransportListeners } from "../_listeners.ts";
@@ -38,6 +38,11 @@ import {
   parseFrame,
   PROTOCOL_VERSION,
 } from "./protocol.ts";
+import { loadWs } from "../../runtime.ts";
+
+const { WebSocket, WebSocketServer } = await loadWs();
+type WebSocket = InstanceType<typeof WebSocket>;
+type WebSocketServer = InstanceType<typeof WebSocketServer>;
 
 /** TLS material for `wss` (PEM text). */
 export interface TlsOptions {
