@@ -508,6 +508,7 @@ function runnerOptions(a: PlatformArgs): ParallelOptions {
   if (a.ports !== undefined) options.ports = a.ports;
   if (a.nodeIds !== undefined) options.nodeIds = a.nodeIds;
   if (a.attachTo !== undefined) options.attachTo = a.attachTo;
+  if (a.expectPeers !== undefined) options.expectPeers = a.expectPeers;
   if (a.labels !== undefined) options.labels = a.labels;
   if (a.mqType !== undefined) options.mqType = a.mqType as NonNullable<ParallelOptions["mqType"]>;
   if (a["redisHost"] !== undefined) options.redisHost = a["redisHost"] as string;

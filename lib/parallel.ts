@@ -38,6 +38,13 @@ export interface ParallelOptions {
   attachTo?: string[];
   /** A first node id or one id per worker. @default 0 */
   nodeIds?: number | number[];
+  /**
+   * Node ids outside this launch that every worker also waits for before its `main` runs (besides
+   * the peers it dials): the nodes of other hosts that dial this one. `ditask --platform` sets it
+   * to every other node of the job in a mesh, so that an event a fast host's `main` sends at once
+   * is not lost to a host that has not connected yet. Not a DI-engine option.
+   */
+  expectPeers?: number[];
   /** Labels of every worker (`task.router.labels`). */
   labels?: Iterable<string>;
   /** The message transport: `ws` (the mesh; `nng` is an alias for DI-engine configs) or `redis`. @default "ws" */
@@ -161,6 +168,13 @@ export function normalizeOptions(options: ParallelOptions): Required<
   }
   const attachTo = [...(options.attachTo ?? [])];
   attachTo.forEach((a) => parseAddress(a));
+  if (options.expectPeers !== undefined) {
+    if (!Array.isArray(options.expectPeers)) throw new TypeError("Invalid expectPeers: expected an array of node ids");
+    for (const id of options.expectPeers) {
+      checkInt("expectPeers node id", id, 0);
+      if (nodeIds.includes(id)) throw new RangeError(`Invalid expectPeers: node id ${id} is one of this launch's workers`);
+    }
+  }
   const labels = [...(options.labels ?? [])];
   if (!labels.every((l) => typeof l === "string")) throw new TypeError("Invalid labels: expected strings");
   const maxRetries = options.maxRetries ?? Infinity;
@@ -239,6 +253,7 @@ export function planWorkers(
       dial = [];
       expect = ids.filter((id) => id !== nodeId);
     }
+    for (const id of options.expectPeers ?? []) if (!expect.includes(id)) expect.push(id);
     const plan: WorkerPlan = {
       nodeId,
       localId: i,

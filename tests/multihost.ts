@@ -277,6 +277,11 @@ async function run(): Promise<void> {
       startLine ?? dump([h]),
     );
     check(
+      out.includes(`node ${i}: peers at start ${others(i).join(",")}`),
+      `node ${i}'s main started connected to nodes ${others(i).join(" and ")} (it dials only the lower ranks)`,
+      dump([h]),
+    );
+    check(
       out.includes(`node ${i}: peers ${others(i).join(",")}`),
       `node ${i} is connected to nodes ${others(i).join(" and ")}`,
       dump([h]),

@@ -27,6 +27,15 @@ Plan("mesh: worker i dials workers 0..i-1 plus attachTo and waits for all others
   assert.equal(p[1]!.expect, [10, 12]);
 });
 
+Plan("expectPeers: every worker also waits for these nodes of other hosts; bad ids are refused", () => {
+  const o = normalizeOptions({ nParallelWorkers: 2, protocol: "tcp", ports: 6000, nodeIds: 2, expectPeers: [0, 1, 4] });
+  const p = planWorkers(o, { dir: "/d" });
+  assert.equal(p.map((w) => w.expect), [[3, 0, 1, 4], [2, 0, 1, 4]]);
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 2, nodeIds: 2, expectPeers: [3] }), /expectPeers: node id 3 is one of this launch's workers/);
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, expectPeers: [-1] }), (e: unknown) => e instanceof RangeError);
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, expectPeers: 5 as unknown as number[] }), (e: unknown) => e instanceof TypeError);
+});
+
 Plan("star: workers dial worker 0 only; alone: only attachTo; ipc: socket files in the launch dir", () => {
   const star = planWorkers(normalizeOptions({ nParallelWorkers: 3, topology: "star" }), { dir: "/tmp/d" });
   assert.equal(star.map((w) => w.dial), [[], ["ipc:///tmp/d/node_0.ipc"], ["ipc:///tmp/d/node_0.ipc"]]);

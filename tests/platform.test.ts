@@ -111,6 +111,21 @@ K8s("parseK8s() matches the reference mesh and star examples", () => {
   assert.equal(star.attachTo, ["tcp://a:50515", "tcp://a:50516"]);
 });
 
+K8s("parseK8s(): in a mesh every host waits for every other host's nodes, not only those it dials", () => {
+  const env = { DI_NODES: "a,b,c", DI_RANK: "0" };
+  // Rank 0 dials nobody; ranks 1 and 2 dial it. It must wait for them before its main runs.
+  assert.equal(parseK8s(env, base({ topology: "mesh", parallelWorkers: 2 })).expectPeers, [2, 3, 4, 5]);
+  assert.equal(parseK8s({ ...env, DI_RANK: "1" }, base({ topology: "mesh", parallelWorkers: 2 })).expectPeers, [0, 1, 4, 5]);
+  // Over Redis every node reaches every other, whatever the topology.
+  assert.equal(parseK8s({ ...env, DI_RANK: "2" }, base({ topology: "alone", mqType: "redis" })).expectPeers, [0, 1]);
+  // Star, alone and explicit attach lists keep DI-engine's behaviour: wait only for what is dialed.
+  assert.is(parseK8s(env, base({ topology: "star" })).expectPeers, undefined);
+  assert.is(parseK8s({ ...env, DI_RANK: "1" }, base({ topology: "alone" })).expectPeers, undefined);
+  assert.is(parseK8s({ ...env, DI_RANK: "1" }, base({ topology: "mesh", attachTo: ["$node.0"] })).expectPeers, undefined);
+  // A single host has nobody else to wait for.
+  assert.is(parseK8s({ DI_NODES: "a", DI_RANK: "0" }, base({ topology: "mesh" })).expectPeers, undefined);
+});
+
 K8s("parseK8s() gives rank 0 and the alone topology nothing to dial", () => {
   assert.equal(parseK8s({ DI_NODES: "a,b", DI_RANK: "0" }, base({ topology: "mesh" })).attachTo, []);
   assert.equal(parseK8s({ DI_NODES: "a,b", DI_RANK: "1" }, base({ topology: "alone" })).attachTo, []);

@@ -52,6 +52,8 @@ export interface PlatformArgs {
   labels?: string[];
   /** Addresses every worker also dials, such as `tcp://SH-0:50515`. */
   attachTo?: string[];
+  /** Node ids of other hosts every worker waits for at start-up (see `ParallelOptions.expectPeers`). */
+  expectPeers?: number[];
   /** Message queue type: `"ws"` (default), `"nng"` (alias of `"ws"`) or `"redis"`. */
   mqType?: string;
   /** Any other CLI field, passed through unchanged. */
@@ -494,6 +496,12 @@ export function resolvePlatformTask(
   };
   const labels = own.spec?.labels ?? args.labels;
   if (labels !== undefined) out.labels = labels;
+  // In a mesh (and over Redis, where every node reaches every other) each worker waits for every
+  // node of the job, not only those it dials: the higher ranks dial this host, and an event this
+  // host's `main` sent before they connected would be lost.
+  const others = tasks.filter((_, i) => i !== rank).flatMap((t) => t.workerNodeIds);
+  const explicitLinks = (cliAttachTo !== undefined && cliAttachTo.length > 0) || (own.spec?.attachTo?.length ?? 0) > 0;
+  if ((addressFree || (topology === "mesh" && !explicitLinks)) && others.length > 0) out.expectPeers = others;
   if (addressFree) return out;
 
   layout.checkOwnAddress(own.address);

@@ -30,6 +30,8 @@ export async function main(): Promise<void> {
   const id = task.router.nodeId!;
   const n = (process.env["DI_NODES"] ?? "").split(",").length;
   const others = Array.from({ length: n }, (_v, i) => i).filter((i) => i !== id);
+  // Every host waits for every other before main runs (not only for the lower ranks it dials).
+  console.log(`node ${id}: peers at start ${[...task.router.peers].sort((a, b) => a - b).join(",")}`);
   await task.start({}, async () => {
     const hellos = new Map<number, number | null>();
     const done = new Set<number>();
