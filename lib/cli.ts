@@ -69,6 +69,7 @@ const OPTIONS = {
   "redis-host": { type: "string" },
   "redis-port": { type: "string" },
   "startup-interval": { type: "string" },
+  "connect-timeout": { type: "string" },
   "auto-recover": { type: "boolean" },
   "max-retries": { type: "string" },
   local_rank: { type: "string" },
@@ -117,6 +118,7 @@ Options:
       --redis-host <host>      Redis host (--mq-type redis)
       --redis-port <port>      Redis port (--mq-type redis)
       --startup-interval <s>   Accepted for DI-engine scripts; the mesh needs no start-up delay
+      --connect-timeout <s>    How long a worker waits for its peers at start-up (default: 60)
       --auto-recover           Re-run main in its worker after it throws
       --max-retries <n>        How often --auto-recover may re-run main (default: no limit)
       --local_rank <n>         Accepted and ignored (PyTorch launchers pass it)
@@ -456,6 +458,13 @@ function parseValues(v: Values): Parsed {
     }
     args.startupInterval = s;
   }
+  if (v["connect-timeout"] !== undefined) {
+    const s = Number(v["connect-timeout"]);
+    if (v["connect-timeout"].trim() === "" || !Number.isFinite(s) || s <= 0) {
+      throw new UsageError(`Invalid --connect-timeout ${quote(v["connect-timeout"])}: expected a number of seconds > 0`);
+    }
+    args.connectTimeout = Math.round(s * 1000);
+  }
   if (v["auto-recover"]) args.autoRecover = true;
   if (v["max-retries"] !== undefined) args.maxRetries = parseInteger("max-retries", v["max-retries"], 0);
   if (v.secret !== undefined) {
@@ -514,6 +523,7 @@ function runnerOptions(a: PlatformArgs): ParallelOptions {
   if (a["redisHost"] !== undefined) options.redisHost = a["redisHost"] as string;
   if (a["redisPort"] !== undefined) options.redisPort = a["redisPort"] as number;
   if (a["startupInterval"] !== undefined) options.startupInterval = a["startupInterval"] as number;
+  if (a["connectTimeout"] !== undefined) options.connectTimeout = a["connectTimeout"] as number;
   if (a["autoRecover"] !== undefined) options.autoRecover = a["autoRecover"] as boolean;
   if (a["maxRetries"] !== undefined) options.maxRetries = a["maxRetries"] as number;
   if (a["secret"] !== undefined) options.secret = a["secret"] as string;

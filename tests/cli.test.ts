@@ -196,6 +196,7 @@ const BAD_INPUT: Array<[string, string[], Record<string, string>, RegExp]> = [
   ["an option without its value", [...mainArgs, "--ports"], {}, /Option "--ports" needs a value/],
   ["a value for a flag", ["--quiet=yes"], {}, /Option "--quiet" does not take a value/],
   ["an empty secret", [...mainArgs, "--secret="], {}, /Invalid --secret ""/],
+  ["a connect timeout that is not a positive number", [...mainArgs, "--connect-timeout", "0"], {}, /Invalid --connect-timeout "0": expected a number of seconds > 0/],
   [
     "a certificate without a key",
     [...mainArgs, "--tls-cert", "cert.pem"],
@@ -501,6 +502,19 @@ Cli("--secret: workers that share it connect; a process with another secret is r
     right.child.kill("SIGKILL");
     await right.done;
   }
+});
+
+Cli("--connect-timeout: a worker whose peer never comes up fails after that long, naming the address", async () => {
+  const port = await freePort(); // nothing listens there
+  const started = Date.now();
+  const r = await runCli(["-q", ...mainArgs, "--node-ids", "1", "--attach-to", `tcp://127.0.0.1:${port}`, "--connect-timeout", "1.5"], {
+    timeoutMs: 30_000,
+  });
+  const took = Date.now() - started;
+  assert.is(r.code, 1, show(r));
+  assert.match(lines(r.stderr).at(-1)!, new RegExp(`Cannot connect to tcp://127\\.0\\.0\\.1:${port} within 1500 ms`), show(r));
+  // Bounded from below only: how soon after 1.5 s the process is gone depends on the machine.
+  assert.ok(took >= 1500, `ended after ${took} ms`);
 });
 
 Cli("--quiet silences ditask's own lines", async () => {
