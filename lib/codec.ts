@@ -1,6 +1,7 @@
 import { Buffer } from "node:buffer";
 import { loadCbor } from "./runtime.ts";
 import { CodecError } from "./errors.ts";
+import { alignedSizes, headSize, writeHead } from "./cbor_head.ts";
 
 // Pure JS on Deno (its native addon crashes Deno); see loadCbor.
 const cbor = await loadCbor();
@@ -210,23 +211,11 @@ function findLarge(v: unknown, depth: number): boolean {
   return false;
 }
 
-/** A CBOR head of major type `major` for `n`, exactly `size` bytes long (1, 2, 3, 5 or 9). */
-function head(major: number, n: number, size: number): Uint8Array {
+/** A CBOR head of major type `major` for `n`, `size` bytes long, as its own bytes. */
+function head(major: number, n: number, size: number = headSize(n)): Uint8Array {
   const h = new Uint8Array(size);
-  if (size === 1) h[0] = (major << 5) | n;
-  else {
-    h[0] = (major << 5) | (size === 2 ? 24 : size === 3 ? 25 : size === 5 ? 26 : 27);
-    let v = n;
-    for (let i = size - 1; i >= 1; i--) {
-      h[i] = v % 256;
-      v = Math.floor(v / 256);
-    }
-  }
+  writeHead(h, 0, major, n, size);
   return h;
-}
-
-function minHead(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
 }
 
 /**
@@ -249,44 +238,33 @@ function encodeGathered(enc: { encode(v: unknown): Uint8Array }, value: unknown,
   let flex: Array<[number, number, number]> = [];
   const pushHead = (major: number, n: number) => {
     flex.push([parts.length, major, n]);
-    push(head(major, n, minHead(n)));
+    push(head(major, n));
   };
   // Lengthen the tag's head and up to two of the latest flexible heads so that the array's bytes,
   // `after` bytes past the end of what is written so far, start at a multiple of 8.
   const align = (after: number): number => {
     const cands = flex.slice(-2);
-    // Sizes up to 5: cbor-x reads 9-byte heads of strings and containers badly.
-    const grow = (i: number) => {
-      const now = parts[cands[i]![0]]!.byteLength;
-      return [1, 2, 3, 5].filter((s) => s >= now).map((s) => s - now);
-    };
-    const g0 = cands.length > 0 ? grow(0) : [0];
-    const g1 = cands.length > 1 ? grow(1) : [0];
-    for (const t of [2, 3, 5, 9]) {
-      for (const d0 of g0) {
-        for (const d1 of g1) {
-          if ((size + d0 + d1 + t + after) % 8 !== 0) continue;
-          [d0, d1].forEach((d, i) => {
-            if (d === 0) return;
-            const [at, major, n] = cands[i]!;
-            const h = head(major, n, parts[at]!.byteLength + d);
-            size += d;
-            parts[at] = h;
-          });
-          return t;
-        }
-      }
-    }
-    return 2;
+    const now = cands.map(([at]) => parts[at]!.byteLength);
+    // Up to 5 bytes: cbor-x reads 9-byte heads of strings and containers badly.
+    const options = now.map((n) => [1, 2, 3, 5].filter((s) => s >= n));
+    const fixed = size - now.reduce((x, y) => x + y, 0) + after;
+    const sizes = alignedSizes(fixed, [...options, [2, 3, 5, 9]]);
+    if (!sizes) return 2;
+    cands.forEach(([at, major, n], i) => {
+      if (sizes[i] === now[i]) return;
+      size += sizes[i]! - now[i]!;
+      parts[at] = head(major, n, sizes[i]);
+    });
+    return sizes[cands.length]!;
   };
   const walk = (v: unknown, depth: number): void => {
     if (ArrayBuffer.isView(v) && isLarge(v)) {
       const tag = TYPED_TAGS.get(v.constructor)!;
       const len = v.byteLength;
       // The byte string's head stays minimal: cbor-x cannot read byte strings with a longer one.
-      const b = minHead(len);
+      const b = headSize(len);
       push(head(6, tag, align(b)));
-      push(head(2, len, b));
+      push(head(2, len));
       push(new Uint8Array(v.buffer, v.byteOffset, len));
       flex = [];
       return;

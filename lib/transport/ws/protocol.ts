@@ -39,6 +39,7 @@
 
 import { Buffer } from "node:buffer";
 import { createHmac } from "node:crypto";
+import { alignedSizes, HEAD_SIZES, headSize, writeHead } from "../../cbor_head.ts";
 import { createCborCodec } from "../../codec.ts";
 
 /** The version every HELLO carries. */
@@ -161,43 +162,6 @@ const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 // CBOR text items (head + UTF-8) of recent topics.
 const topicItems = new Map<string, Uint8Array>();
 
-function headSize(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
-}
-
-function writeHead(buf: Uint8Array, pos: number, major: number, n: number): number {
-  const m = major << 5;
-  if (n < 24) {
-    buf[pos] = m | n;
-    return pos + 1;
-  }
-  if (n < 0x100) {
-    buf[pos] = m | 24;
-    buf[pos + 1] = n;
-    return pos + 2;
-  }
-  if (n < 0x10000) {
-    buf[pos] = m | 25;
-    buf[pos + 1] = n >>> 8;
-    buf[pos + 2] = n & 0xff;
-    return pos + 3;
-  }
-  if (n < 0x100000000) {
-    buf[pos] = m | 26;
-    buf[pos + 1] = n >>> 24;
-    buf[pos + 2] = (n >>> 16) & 0xff;
-    buf[pos + 3] = (n >>> 8) & 0xff;
-    buf[pos + 4] = n & 0xff;
-    return pos + 5;
-  }
-  buf[pos] = m | 27;
-  const hi = Math.floor(n / 0x100000000);
-  const lo = n >>> 0;
-  for (let i = 0; i < 4; i++) buf[pos + 1 + i] = (hi >>> (24 - 8 * i)) & 0xff;
-  for (let i = 0; i < 4; i++) buf[pos + 5 + i] = (lo >>> (24 - 8 * i)) & 0xff;
-  return pos + 9;
-}
-
 function topicItem(topic: string): Uint8Array {
   let item = topicItems.get(topic);
   if (item) return item;
@@ -222,18 +186,18 @@ export const LARGE_PAYLOAD = 64 * 1024;
  */
 export function encodeEvents(seq: number, from: number, items: Array<string | Uint8Array>): Uint8Array | [Uint8Array, Uint8Array] {
   const n = items.length / 2;
+  if (n === 1 && (items[1] as Uint8Array).byteLength >= LARGE_PAYLOAD) {
+    return splitEvent(seq, from, items[0] as string, items[1] as Uint8Array);
+  }
   let size = 1 + 1 + headSize(seq) + headSize(from) + (n === 1 ? 0 : headSize(items.length));
   for (let i = 0; i < items.length; i += 2) {
     const len = (items[i + 1] as Uint8Array).byteLength;
     size += topicItem(items[i] as string).byteLength + headSize(len) + len;
   }
-  const split = n === 1 && (items[1] as Uint8Array).byteLength >= LARGE_PAYLOAD;
-  const payloadLen = (items[1] as Uint8Array).byteLength;
-  if (split) return splitEvent(seq, from, items[0] as string, items[1] as Uint8Array);
   // Not zero-filled: every byte is written below (a fresh zeroed buffer costs ~1 ms per MiB).
   // Its own memory, not a slice of Node's shared pool: a frame kept until acknowledged must not
   // pin a larger pooled slab that the outbox bound does not count.
-  const buf: Uint8Array = Buffer.allocUnsafeSlow(split ? size - payloadLen : size);
+  const buf: Uint8Array = Buffer.allocUnsafeSlow(size);
   buf[0] = n === 1 ? 0x85 : 0x84;
   buf[1] = n === 1 ? FRAME_EVENT : FRAME_BATCH;
   let pos = writeHead(buf, 2, 0, seq);
@@ -245,26 +209,10 @@ export function encodeEvents(seq: number, from: number, items: Array<string | Ui
     pos += t.byteLength;
     const payload = items[i + 1] as Uint8Array;
     pos = writeHead(buf, pos, 2, payload.byteLength);
-    if (split) return [buf, payload];
     buf.set(payload, pos);
     pos += payload.byteLength;
   }
   return buf;
-}
-
-const SIZES = [1, 2, 3, 5, 9];
-
-/** Write `n` as a CBOR head of exactly `size` bytes (a longer encoding than needed is valid CBOR). */
-function writeHeadSized(buf: Uint8Array, pos: number, major: number, n: number, size: number): number {
-  if (size === headSize(n)) return writeHead(buf, pos, major, n);
-  const info = size === 2 ? 24 : size === 3 ? 25 : size === 5 ? 26 : 27;
-  buf[pos] = (major << 5) | info;
-  let v = n;
-  for (let i = size - 1; i >= 1; i--) {
-    buf[pos + i] = v % 256;
-    v = Math.floor(v / 256);
-  }
-  return pos + size;
 }
 
 /**
@@ -278,33 +226,18 @@ function splitEvent(seq: number, from: number, topic: string, payload: Uint8Arra
   const tBytes = utf8.encode(topic);
   const tLen = tBytes.byteLength;
   const len = payload.byteLength;
-  const mins = [headSize(seq), headSize(from), headSize(tLen), headSize(len)];
-  // Lengthen the four integer heads (sequence, sender, topic length, payload length) until the
-  // head's size is a multiple of 8; sizes 1, 2, 3, 5, 9 reach every remainder.
-  let best = mins;
-  let found = false;
-  for (const a of SIZES) {
-    for (const b of SIZES) {
-      for (const c of SIZES) {
-        for (const d of SIZES) {
-          const pick = [a, b, c, d];
-          if (found || pick.some((v, i) => v < mins[i]!)) continue;
-          if ((2 + a + b + c + tLen + d) % 8 === 0) {
-            best = pick;
-            found = true;
-          }
-        }
-      }
-    }
-  }
-  const head: Uint8Array = Buffer.allocUnsafeSlow(2 + best[0]! + best[1]! + best[2]! + tLen + best[3]!);
+  const args = [seq, from, tLen, len];
+  // Lengthen the four integer heads (sequence, sender, topic length, payload length); sizes 1, 2,
+  // 3, 5 and 9 reach every remainder, so a choice always exists.
+  const sizes = alignedSizes(2 + tLen, args.map((v) => HEAD_SIZES.filter((h) => h >= headSize(v))))!;
+  const head: Uint8Array = Buffer.allocUnsafeSlow(2 + sizes[0]! + sizes[1]! + sizes[2]! + tLen + sizes[3]!);
   head[0] = 0x85;
   head[1] = FRAME_EVENT;
-  let pos = writeHeadSized(head, 2, 0, seq, best[0]!);
-  pos = writeHeadSized(head, pos, 0, from, best[1]!);
-  pos = writeHeadSized(head, pos, 3, tLen, best[2]!);
+  let pos = writeHead(head, 2, 0, seq, sizes[0]);
+  pos = writeHead(head, pos, 0, from, sizes[1]);
+  pos = writeHead(head, pos, 3, tLen, sizes[2]);
   head.set(tBytes, pos);
-  writeHeadSized(head, pos + tLen, 2, len, best[3]!);
+  writeHead(head, pos + tLen, 2, len, sizes[3]);
   return [head, payload];
 }
 
