@@ -4,24 +4,15 @@
 //
 //   node dist/bench/redis_rows.js [--quick]      deno run -A bench/redis_rows.ts [--quick]
 import { spawn, spawnSync } from "node:child_process";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
+import { freePorts } from "../lib/parallel.ts";
 import { redisBench, type RedisBenchResult } from "./redis_bench.ts";
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** Run the Redis rows; returns them, or the reason they were skipped. */
 export async function redisRows(quick: boolean): Promise<RedisBenchResult | string> {
   if (spawnSync("redis-server", ["--version"]).status !== 0) return "redis-server is not installed";
-  const port = await freePort();
+  const [port] = await freePorts(1);
   const server = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
     stdio: "ignore",
   });

@@ -278,8 +278,16 @@ export function planWorkers(
   });
 }
 
-/** Find `n` free tcp ports on `host` (bound and released at once). */
-async function freePorts(n: number, host: string): Promise<number[]> {
+/**
+ * Find `n` free tcp ports on `host` (bound on port 0 and released at once; consecutive ports are
+ * not promised). Also used by the tests and the benchmark.
+ *
+ * @example
+ * ```ts
+ * const [a, b] = await freePorts(2);
+ * ```
+ */
+export async function freePorts(n: number, host = "127.0.0.1"): Promise<number[]> {
   const servers = await Promise.all(
     Array.from({ length: n }, () =>
       new Promise<ReturnType<typeof createServer>>((resolve, reject) => {

@@ -98,6 +98,8 @@ export interface SpawnScriptOptions {
   runtime?: "node" | "deno";
   /** Give the child a stdin pipe that closes when this process dies, so the child can follow it. */
   watchParent?: boolean;
+  /** The child's working directory. @default this process's */
+  cwd?: string;
 }
 
 /**
@@ -116,7 +118,11 @@ export function spawnScript(script: string, args: string[], options: SpawnScript
     cmd = deno ? "node" : process.execPath;
     argv = [...(deno ? [] : process.execArgv), script, ...args];
   }
-  return spawn(cmd, argv, { env: options.env, stdio: [options.watchParent ? "pipe" : "ignore", stdio, stdio] });
+  return spawn(cmd, argv, {
+    env: options.env,
+    stdio: [options.watchParent ? "pipe" : "ignore", stdio, stdio],
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+  });
 }
 
 /** The Deno binary for a Node process that starts Deno: `DITASK_DENO`, the npm `deno` package, or PATH. */

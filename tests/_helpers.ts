@@ -1,5 +1,6 @@
 import { runtimeKey } from "../lib/runtime.ts";
 import { spawnScript } from "../lib/runtime.ts";
+import { freePorts } from "../lib/parallel.ts";
 import type { ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 
@@ -42,28 +43,40 @@ export interface RunResult {
 
 const live = new Set<ChildProcess>();
 
+/** Options of {@link startScript} and {@link runScript}. */
+export interface ScriptOptions {
+  /** Added to this process's environment, from which ditask's and the cluster platforms' variables are removed. */
+  env?: Record<string, string>;
+  cwd?: string;
+  /** Kill the child (SIGTERM, then SIGKILL) after this long. @default 30000 */
+  timeoutMs?: number;
+  runtime?: "node" | "deno";
+}
+
 /**
- * Run a script of this runtime to completion and collect its output. The child is killed (by PID,
- * with its own workers) if it runs longer than `timeoutMs`.
+ * Start a script of this runtime and collect its output; `done` settles when it ends. The child is
+ * killed (by PID, with its own workers) if it runs longer than `timeoutMs`.
  */
-export function runScript(
-  script: string,
-  args: string[] = [],
-  options: { env?: Record<string, string>; timeoutMs?: number; runtime?: "node" | "deno" } = {},
-): Promise<RunResult> {
+export function startScript(script: string, args: string[] = [], options: ScriptOptions = {}): { child: ChildProcess; done: Promise<RunResult> } {
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v === undefined || /^(DITASK_|DI_|SLURM_|SLURMD_)/.test(k) || k === "JOB_COMPLETION_INDEX") continue;
+    env[k] = v;
+  }
   Object.assign(env, options.env ?? {});
-  const spawnOpts: { env: Record<string, string>; stdio: "pipe"; runtime?: "node" | "deno" } = { env, stdio: "pipe" };
-  if (options.runtime) spawnOpts.runtime = options.runtime;
-  const child = spawnScript(script, args, spawnOpts);
+  const child = spawnScript(script, args, {
+    env,
+    stdio: "pipe",
+    ...(options.runtime ? { runtime: options.runtime } : {}),
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+  });
   live.add(child);
   let stdout = "";
   let stderr = "";
   child.stdout!.setEncoding("utf8").on("data", (d: string) => (stdout += d));
   child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   const timeoutMs = options.timeoutMs ?? 30_000;
-  return new Promise((resolve) => {
+  const done = new Promise<RunResult>((resolve) => {
     const timer = setTimeout(() => {
       stderr += `\n[test] killed after ${timeoutMs} ms`;
       child.kill("SIGTERM");
@@ -78,9 +91,15 @@ export function runScript(
       resolve({ code, signal, stdout, stderr });
     });
   });
+  return { child, done };
 }
 
-/** Kill every child that {@link runScript} started and that still runs. */
+/** Run a script of this runtime to completion (see {@link startScript}). */
+export function runScript(script: string, args: string[] = [], options: ScriptOptions = {}): Promise<RunResult> {
+  return startScript(script, args, options).done;
+}
+
+/** Kill every child that {@link startScript} started and that still runs. */
 export function killAll(): void {
   for (const c of live) c.kill("SIGKILL");
   live.clear();
@@ -89,20 +108,12 @@ export function killAll(): void {
 /** The runtime of this test run. */
 export { runtimeKey };
 
-/** Free tcp ports on 127.0.0.1 (bound and released; consecutive ports are not promised). */
-export async function freePorts(n: number): Promise<number[]> {
-  const { createServer } = await import("node:net");
-  const servers = await Promise.all(
-    Array.from({ length: n }, () =>
-      new Promise<import("node:net").Server>((resolve, reject) => {
-        const s = createServer();
-        s.once("error", reject);
-        s.listen(0, "127.0.0.1", () => resolve(s));
-      })),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
+/** Free tcp ports on 127.0.0.1 (the launcher's own helper). */
+export { freePorts };
+
+/** One free tcp port on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  return (await freePorts(1))[0]!;
 }
 
 /** Whether a process with this PID is alive. */

@@ -2,7 +2,8 @@
 // test and killed by PID. CI installs redis-server with scripts/ensure_redis.sh.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { createConnection } from "node:net";
+import { freePort } from "./_helpers.ts";
 import { delimiter, join } from "node:path";
 
 /**
@@ -28,17 +29,7 @@ export function redisServerPath(): string | undefined {
   return undefined;
 }
 
-/** A free tcp port on 127.0.0.1 (bound and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /** Options of {@link startRedis}. */
 export interface RedisServerOptions {

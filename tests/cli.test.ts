@@ -3,13 +3,12 @@
 // tests/_fixtures/cli_ts (a TypeScript main); the temporary packages are made under tmpdir().
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ext, runtimeKey } from "./_helpers.ts";
+import { ext, freePort, killAll, type RunResult, runtimeKey, type ScriptOptions, startScript } from "./_helpers.ts";
 
 /** The CLI of this runtime's tree. */
 const BIN = fileURLToPath(new URL(`../lib/bin${ext}`, import.meta.url));
@@ -21,64 +20,18 @@ const REPO = fileURLToPath(new URL(ext === ".ts" ? "../" : "../../", import.meta
 /** The `mod` the CLI itself runs from: a main must import this one to share its `task`. */
 const MOD_URL = new URL(`../mod${ext}`, import.meta.url).href;
 
-interface CliResult {
-  code: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-}
+type CliResult = RunResult;
 
-const live = new Set<ChildProcess>();
 const tempDirs: string[] = [];
 
-/** A clean environment: no ditask, DIJob, Indexed Job, StatefulSet or Slurm variables. */
-function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v === undefined || /^(DITASK_|DI_|SLURM_|SLURMD_)/.test(k) || k === "JOB_COMPLETION_INDEX") continue;
-    env[k] = v;
-  }
-  return { ...env, ...extra };
-}
-
 /** Run the CLI to completion (killed by PID after `timeoutMs`) and collect its output. */
-function runCli(
-  args: string[],
-  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
-): Promise<CliResult> {
+function runCli(args: string[], options: ScriptOptions = {}): Promise<CliResult> {
   return startCli(args, options).done;
 }
 
-/** Start the CLI; `done` settles when it ends (it is killed by PID after `timeoutMs`). */
-function startCli(
-  args: string[],
-  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
-): { child: ChildProcess; done: Promise<CliResult> } {
-  // On Deno `process.execPath` is the deno binary.
-  const argv = runtimeKey === "deno" ? ["run", "-A", BIN, ...args] : [...process.execArgv, BIN, ...args];
-  const child = spawn(process.execPath, argv, {
-    cwd: options.cwd ?? REPO,
-    env: cleanEnv(options.env),
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  live.add(child);
-  let stdout = "";
-  let stderr = "";
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-  const timeoutMs = options.timeoutMs ?? 30_000;
-  const done = new Promise<CliResult>((resolve) => {
-    const timer = setTimeout(() => {
-      stderr += `\n[test] killed after ${timeoutMs} ms`;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      live.delete(child);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
-  return { child, done };
+/** Start the CLI from the repository root; `done` settles when it ends. */
+function startCli(args: string[], options: ScriptOptions = {}): { child: ChildProcess; done: Promise<CliResult> } {
+  return startScript(BIN, args, { cwd: REPO, ...options });
 }
 
 function lines(text: string): string[] {
@@ -89,17 +42,6 @@ function show(r: CliResult): string {
   return `exit ${r.code}${r.signal ? ` (${r.signal})` : ""}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
 }
 
-/** A tcp port that was free a moment ago (bound on port 0 and closed). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function tempDir(): string {
   const dir = mkdtempSync(join(tmpdir(), "ditask-cli-test-"));
@@ -122,8 +64,7 @@ function assertUsage(r: CliResult, pattern: RegExp): void {
 const Cli = suite("ditask CLI");
 
 Cli.after(() => {
-  for (const child of live) child.kill("SIGKILL");
-  live.clear();
+  killAll();
   for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 

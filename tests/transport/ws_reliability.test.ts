@@ -139,7 +139,7 @@ R("a restarted peer is redialed and reported as joined again; events flow again"
   assert.equal(events, ["left 1", "joined 1"]);
 });
 
-R("a stalled receiver is dropped as a slow consumer; the sender's memory stays bounded", async () => {
+R("a stalled receiver is dropped as a slow consumer; the sender's memory stays bounded; what it held is not released for reuse", async () => {
   const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxOutboxBytes: 8 * 1024 * 1024 });
   await a.open();
   // A raw peer that completes the handshake, then stops reading: it never acknowledges.
@@ -159,14 +159,17 @@ R("a stalled receiver is dropped as a slow consumer; the sender's memory stays b
   a.onPeer((e) => left.push(e));
   const rss0 = process.memoryUsage().rss;
   const chunk = new Uint8Array(1024 * 1024);
+  let released = 0;
   for (let i = 0; i < 200 && left.length === 0; i++) {
-    a.publish("big", chunk);
+    a.publish("big", chunk, () => released++);
     await new Promise((r) => setImmediate(r));
   }
   assert.equal(left.map((e) => `${e.type} ${e.nodeId}`), ["left 5"]);
   assert.is(a.backlog(5), 0);
   const grown = (process.memoryUsage().rss - rss0) / 1024 / 1024;
   assert.ok(grown < 100, `RSS grew ${grown.toFixed(0)} MiB`);
+  // Dropped, not delivered: the socket may still be sending those bytes, so no done callback ran.
+  assert.is(released, 0);
 });
 
 R("drain() resolves once every peer acknowledged what was published", async () => {
@@ -219,33 +222,6 @@ R("publish's done runs once, after every peer acknowledged the payload; at once 
   let ran = 0;
   alone.publish("x", big, () => ran++);
   assert.is(ran, 1, "no peer holds it: done runs at once");
-});
-
-R("a payload whose peer was dropped is never released for reuse (it may still be in the socket)", async () => {
-  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxOutboxBytes: 4 * 1024 * 1024 });
-  await a.open();
-  const ws = new WebSocket(a.address!.replace("tcp://", "ws://"), { perMessageDeflate: false });
-  closers.push(() => ws.terminate());
-  ws.on("error", () => {});
-  ws.on("message", (d) => {
-    const f = parseFrame(new Uint8Array(d as Buffer));
-    if (typeof f !== "string" && f.kind === FRAME_HELLO) {
-      ws.send(encodeResume(f.session, 0));
-      (ws as unknown as { _socket: { pause(): void } })._socket.pause();
-    }
-  });
-  ws.once("open", () => ws.send(encodeHello(5, [], "stalledsession", "n".repeat(16))));
-  await until(() => a.peers.includes(5), "stalled peer joined");
-  const left: PeerEvent[] = [];
-  a.onPeer((e) => left.push(e));
-  let released = 0;
-  for (let i = 0; i < 50 && left.length === 0; i++) {
-    a.publish("big", new Uint8Array(1024 * 1024), () => released++);
-    await new Promise((r) => setImmediate(r));
-  }
-  assert.equal(left.map((e) => `${e.type} ${e.nodeId}`), ["left 5"]);
-  await new Promise((r) => setTimeout(r, 50));
-  assert.is(released, 0);
 });
 
 R("large arrays emitted from one reused source arrive as emitted, while the codec's buffers are reused", async () => {
