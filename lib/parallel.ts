@@ -326,7 +326,7 @@ async function supervise<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>,
 
 /** Run `main` as the node `plan` describes, in this process. */
 async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<void> {
-  const transport = await createTransport(plan);
+  const transport = createTransport(plan);
   // A worker the launcher restarted goes on counting from its previous incarnations.
   task.router.retries = Number(getEnv(RETRIES_ENV) ?? 0) || 0;
   task.router.attach(transport, { labels: plan.labels });

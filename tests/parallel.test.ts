@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
+import { redisTransportOptions } from "../lib/transport/mod.ts";
 import { alive, freePorts, killAll, runScript, runtimeKey, testPath, until, withTimeout } from "./_helpers.ts";
 
 const scenarios = testPath("_fixtures/scenarios");
@@ -42,6 +43,20 @@ Plan("star: workers dial worker 0 only; alone: only attachTo; ipc: socket files 
   assert.equal(star.map((w) => w.expect), [[1, 2], [0], [0]]);
   const alone = planWorkers(normalizeOptions({ nParallelWorkers: 2, topology: "alone", attachTo: ["ipc:///s"] }), { dir: "/d" });
   assert.equal(alone.map((w) => [w.dial, w.expect]), [[["ipc:///s"], []], [["ipc:///s"], []]]);
+});
+
+Plan("a redis plan's liveness options reach the Redis transport in its terms", () => {
+  const o = normalizeOptions({ nParallelWorkers: 1, mqType: "redis", redisPort: 6390, heartbeatInterval: 300, heartbeatTimeout: 4000, connectTimeout: 900 });
+  const [plan] = planWorkers(o, { dir: "/d" });
+  assert.equal(redisTransportOptions(plan!), {
+    nodeId: 0,
+    expect: [],
+    labels: [],
+    redisPort: 6390,
+    connectTimeout: 900,
+    heartbeatInterval: 300,
+    peerTimeout: 4000,
+  });
 });
 
 Plan("security and heartbeat options reach every plan; tls makes local dials wss; the secret defaults to DITASK_SECRET", async () => {

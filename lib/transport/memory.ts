@@ -57,9 +57,11 @@ export class MemoryTransport extends TransportListeners implements Transport {
     return Promise.resolve();
   }
 
-  publish(topic: string, payload: Uint8Array): void {
+  publish(topic: string, payload: Uint8Array, done?: () => void): void {
     if (!this.#open) return;
+    // A copy per publish, as a network would make: the receivers never see the sender's buffer.
     const copy = payload.slice();
+    done?.();
     const from = this.nodeId;
     for (const other of this.#hub.nodes.values()) {
       if (other === this) continue;

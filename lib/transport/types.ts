@@ -36,10 +36,10 @@ export interface Transport {
    * Send `payload` under `topic` to every connected peer. The transport may keep `payload` (until
    * every peer has it), so the caller must not change it afterwards.
    *
-   * @param done Optional: called once when the transport will never read `payload` again because
-   *   every peer has acknowledged it, so that its memory can be reused. A transport may never call
-   *   it (a dropped peer, or a transport that hands the bytes to others without copying them, like
-   *   the in-memory hub); the bytes are then simply left to the garbage collector.
+   * @param done Optional: called once when the transport will never read `payload` again (it
+   *   copied the bytes, or every peer acknowledged them), so that their memory can be reused. A
+   *   transport may never call it (for a dropped peer whose socket may still be sending the
+   *   bytes); they are then simply left to the garbage collector.
    */
   publish(topic: string, payload: Uint8Array, done?: () => void): void;
   /** Tell the transport that this node wants `topic` (a hint; the mesh delivers every topic). */

@@ -72,17 +72,23 @@ export function defineTransportContract(name: string, make: ClusterFactory): voi
     }
   });
 
-  C("a 4 MiB payload arrives intact", async () => {
+  C("a 4 MiB payload arrives intact; publish's done callback runs once", async () => {
     cluster = await make(2);
     const [a, b] = cluster.nodes as [Transport, Transport];
     b.subscribe("big");
     const got = collect(b);
     const big = new Uint8Array(4 * 1024 * 1024);
     for (let i = 0; i < big.length; i += 997) big[i] = i % 251;
-    a.publish("big", big);
-    await until(() => got.length === 1, "4 MiB payload");
+    // `done` says when a transport no longer reads the bytes (the codec's pool reuses them then).
+    let done = 0;
+    a.publish("big", big, () => done++);
+    await until(() => got.length === 1 && done > 0, "4 MiB payload and its done callback");
     assert.is(got[0]!.payload.byteLength, big.byteLength);
     assert.ok(got[0]!.payload.every((v, i) => v === big[i]));
+    // Exactly once: a marker published after it has arrived, and done has not run again.
+    a.publish("big", bytes(1));
+    await until(() => got.length === 2, "marker");
+    assert.is(done, 1);
   });
 
   C("topics stay apart", async () => {

@@ -81,6 +81,8 @@ interface Run {
   seq: number;
   payloads: Uint8Array[];
   bytes: number;
+  /** Publishers' `done` callbacks: called once the payloads are copied into a frame. */
+  dones?: Array<() => void>;
 }
 
 interface Peer {
@@ -526,19 +528,21 @@ export class RedisTransport extends TransportListeners implements Transport {
    * @param payload The encoded arguments.
    * @throws {RangeError} If the topic is longer than 65535 bytes in UTF-8.
    */
-  publish(topic: string, payload: Uint8Array): void {
+  publish(topic: string, payload: Uint8Array, done?: () => void): void {
     if (this.#closed) return;
     if (topic.length > 21845 && new TextEncoder().encode(topic).byteLength > 65535) {
       throw new RangeError(`Cannot publish on topic "${topic.slice(0, 40)}…": longer than 65535 bytes`);
     }
     const seq = ++this.#seq;
-    const last = this.#runs[this.#runs.length - 1];
-    if (last && last.topic === topic && last.bytes < MAX_RUN_BYTES) {
-      last.payloads.push(payload);
-      last.bytes += payload.byteLength + 4;
+    let run = this.#runs[this.#runs.length - 1];
+    if (run && run.topic === topic && run.bytes < MAX_RUN_BYTES) {
+      run.payloads.push(payload);
+      run.bytes += payload.byteLength + 4;
     } else {
-      this.#runs.push({ topic, seq, payloads: [payload], bytes: payload.byteLength + 4 });
+      run = { topic, seq, payloads: [payload], bytes: payload.byteLength + 4 };
+      this.#runs.push(run);
     }
+    if (done) (run.dones ??= []).push(done);
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       queueMicrotask(() => this.#flush());
@@ -553,6 +557,7 @@ export class RedisTransport extends TransportListeners implements Transport {
     this.#runs = [];
     for (const r of runs) {
       const data = encodeEvents(this.nodeId, this.#inst.bytes, r.seq, r.topic, r.payloads);
+      if (r.dones) for (const done of r.dones) done(); // the payloads were copied into the frame
       const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       this.#outbox.push({ channel: this.#names.topicPrefix + r.topic, data: buf });
       this.#outboxBytes += buf.byteLength;
