@@ -3,7 +3,7 @@ import type { MiddlewareFn, MiddlewareResult } from "./task.ts";
 
 /** Options of {@link StepTimer}. */
 export interface StepTimerOptions {
-  /** Print the mean times every this many steps; 0 never prints. @default 0 */
+  /** Print every middleware's mean time on steps whose `ctx.totalStep` is a multiple of this; 0 never prints. @default 0 */
   printPerStep?: number;
   /** How many recent durations are kept per middleware. @default 10 */
   smoothWindow?: number;
@@ -28,7 +28,6 @@ export class StepTimer {
   readonly records = new Map<string, number[]>();
   readonly #printPerStep: number;
   readonly #window: number;
-  #steps = 0;
 
   constructor(options: StepTimerOptions = {}) {
     this.#printPerStep = options.printPerStep ?? 0;
@@ -55,22 +54,23 @@ export class StepTimer {
           await g.next();
           elapsed += performance.now() - t0;
         }
-        self.#record(name, elapsed);
+        self.#record(name, elapsed, ctx.totalStep);
         return;
       }
       await r;
-      self.#record(name, performance.now() - t0);
+      self.#record(name, performance.now() - t0, ctx.totalStep);
     };
     Object.defineProperty(timed, "name", { value: name });
     return timed;
   };
 
-  #record(name: string, ms: number): void {
+  #record(name: string, ms: number, step: number): void {
     let list = this.records.get(name);
     if (!list) this.records.set(name, (list = []));
     list.push(ms);
     if (list.length > this.#window) list.shift();
-    if (this.#printPerStep > 0 && ++this.#steps % this.#printPerStep === 0) {
+    // DI-engine's rule: on the chosen steps, every middleware prints (not every Nth record).
+    if (this.#printPerStep > 0 && step % this.#printPerStep === 0) {
       const mean = list.reduce((a, b) => a + b, 0) / list.length;
       console.log(`[StepTimer] ${name}: ${mean.toFixed(3)} ms (mean of ${list.length})`);
     }

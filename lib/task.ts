@@ -322,20 +322,20 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * @throws {CodecError} If an argument cannot be sent to peers.
    */
   emit<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning(`emit "${event}"`);
+    this.#assertRunning("emit", event);
     this.router.publishTask(event, args as unknown as unknown[]);
     this.#emitLocal(event, args);
   }
 
   /** Emit to the local listeners only (DI-engine's `only_local`). */
   emitLocal<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning(`emit "${event}"`);
+    this.#assertRunning("emit", event);
     this.#emitLocal(event, args);
   }
 
   /** Emit to the peers only (DI-engine's `only_remote`); nothing happens while not distributed. */
   emitRemote<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning(`emit "${event}"`);
+    this.#assertRunning("emit", event);
     this.router.publishTask(event, args as unknown as unknown[]);
   }
 
@@ -347,7 +347,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * @throws {TaskStateError} If the task is not running.
    */
   on<K extends keyof E & string>(event: K, fn: Listener<E[K]>): () => void {
-    this.#assertRunning(`listen to "${event}"`);
+    this.#assertRunning("listen to", event);
     if (typeof fn !== "function") throw new TypeError(`Cannot listen to "${event}": the listener must be a function`);
     this.router.taskInterest(event, true);
     this.#bus.on(event, fn as unknown as Listener);
@@ -489,7 +489,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
   /** Run the backward halves waiting on the stack, last pushed first. */
   async backward(): Promise<void> {
-    await this.#drain(this.#backward, undefined);
+    await this.#drain(this.#backward);
   }
 
   /**
@@ -503,7 +503,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       const stack: AnyGen[] = [];
       for (const f of list) await self.#forwardEntry({ fn: f, lock: undefined }, ctx, stack);
       yield;
-      await self.#drain(stack, undefined);
+      await self.#drain(stack);
     };
     Object.defineProperty(mw, "name", { value: `serial<${list.map(nameOf).join(",")}>` });
     return mw;
@@ -543,7 +543,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
         const i = this.#backward.lastIndexOf(g);
         if (i < 0) return;
         this.#backward.splice(i, 1);
-        await this.#drain([g], undefined);
+        await this.#drain([g]);
       };
     };
     Object.defineProperty(wrapped, "name", { value: nameOf(fn) });
@@ -590,8 +590,11 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
   // ---------------------------------------------------------------- private
 
-  #assertRunning(what: string): void {
-    if (!this.#running) throw new TaskStateError(`Cannot ${what}: the task is not running; call task.start() first`);
+  /** Throw unless running; the message is built only then (this runs on every emit). */
+  #assertRunning(verb: string, event?: string): void {
+    if (this.#running) return;
+    const what = event === undefined ? verb : `${verb} "${event}"`;
+    throw new TaskStateError(`Cannot ${what}: the task is not running; call task.start() first`);
   }
 
   #emitLocal(event: string, args: readonly unknown[]): void {
@@ -636,10 +639,10 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     }
   }
 
-  async #drain(stack: AnyGen[], lock: Lock | undefined): Promise<void> {
+  async #drain(stack: AnyGen[]): Promise<void> {
     while (stack.length > 0) {
       const g = stack.pop()!;
-      const l = lock ?? this.#genLocks.get(g);
+      const l = this.#genLocks.get(g);
       const release = l ? await l.acquire() : undefined;
       try {
         await advance(g);

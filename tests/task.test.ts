@@ -605,6 +605,30 @@ Pipeline("useWrapper(StepTimer) records each middleware each step (DI-engine tes
   t.stop();
 });
 
+Pipeline("StepTimer printPerStep: every middleware prints on the steps whose totalStep is a multiple of it; smoothWindow bounds the records", async () => {
+  const t = new Task();
+  t.start();
+  const timer = new StepTimer({ printPerStep: 2 });
+  const recent = new StepTimer({ smoothWindow: 2 });
+  t.useWrapper(timer.wrap);
+  t.useWrapper(recent.wrap);
+  t.use(function first() {});
+  t.use(function second() {});
+  t.use(function third() {});
+  const printed: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => void printed.push(line.split(":")[0]!);
+  try {
+    await t.run(4); // steps 0..3: prints on 0 and 2
+  } finally {
+    console.log = log;
+    t.stop();
+  }
+  assert.equal(printed, Array(2).fill(["[StepTimer] first", "[StepTimer] second", "[StepTimer] third"]).flat());
+  assert.is(timer.records.get("first")!.length, 4);
+  assert.is(recent.records.get("first")!.length, 2, "smoothWindow keeps the latest durations only");
+});
+
 const Labels = suite("Task labels and roles");
 
 Labels("labels: standalone, async, and user labels", () => {
