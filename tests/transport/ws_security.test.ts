@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { WsMeshTransport, type WsMeshOptions } from "../../lib/transport/ws/mod.ts";
 import {
   CLOSE_AUTH,
+  CLOSE_DUPLICATE_NODE,
   CLOSE_POLICY,
   encodeAuth,
   encodeBatch,
@@ -25,7 +26,7 @@ import {
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { TransportError } from "../../lib/errors.ts";
 import { setLogLevel } from "../../lib/log.ts";
-import { delay, withTimeout, until as waitUntil } from "../_helpers.ts";
+import { delay, freePorts, withTimeout, until as waitUntil } from "../_helpers.ts";
 import { authMac, captureProxy, type CaptureProxy, containsBytes, RawClient } from "../_fixtures/sec_raw.ts";
 
 const SECRET = `ditask-test-secret-${randomBytes(6).toString("hex")}`;
@@ -130,6 +131,42 @@ function watch(t: WsMeshTransport): { got: TransportMessage[]; peers: PeerEvent[
   t.onPeer((e) => peers.push(e));
   return { got: collect(t), peers };
 }
+
+// --- node ids -------------------------------------------------------------------------------
+
+S("ids: a peer claiming this node's own id, or the id of a connected peer, is closed with 4001", async () => {
+  const [a] = await pair({}, {});
+  const seen = watch(a);
+  // This node's own id.
+  const own = await raw(a.address!);
+  own.send(encodeHello(0, [], session(), nonce()));
+  assert.is((await own.waitClose()).code, CLOSE_DUPLICATE_NODE);
+  // The id of node 1, which is connected (another session: not a reconnect of node 1).
+  const twin = await raw(a.address!);
+  twin.send(encodeHello(1, [], session(), nonce()));
+  twin.send(encodeResume("anything", 0));
+  twin.send(encodeEvent(1, 1, "sec.spoof", bytes(6)));
+  assert.is((await twin.waitClose()).code, CLOSE_DUPLICATE_NODE);
+  assert.equal(seen.got, [], "nothing from the impostors was delivered");
+  assert.equal(seen.peers, [], "node 1 did not leave or join again");
+  assert.equal(a.peers, [1]);
+});
+
+S("ids: two nodes that dial each other at once keep one link; each event arrives once", async () => {
+  const [pa, pb] = await freePorts(2);
+  const a = node({ nodeId: 0, listen: `tcp://127.0.0.1:${pa}`, dial: [`tcp://127.0.0.1:${pb}`] });
+  const b = node({ nodeId: 1, listen: `tcp://127.0.0.1:${pb}`, dial: [`tcp://127.0.0.1:${pa}`] });
+  await Promise.all([a.bind(), b.bind()]);
+  await withTimeout(Promise.all([a.open(), b.open()]), 8000, "both open");
+  assert.equal([a.peers, b.peers], [[1], [0]]);
+  await exchange(a, b);
+  // More events after the duplicate link was closed: still exactly once each.
+  const gb = collect(b);
+  for (let i = 0; i < 100; i++) a.publish("sec.n", bytes(i));
+  await until(() => gb.length >= 100, "100 events");
+  await delay(50);
+  assert.equal(gb.map((m) => m.payload[0]), Array.from({ length: 100 }, (_, i) => i));
+});
 
 // --- shared secret --------------------------------------------------------------------------
 

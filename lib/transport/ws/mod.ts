@@ -612,8 +612,12 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       // Both ends dialed each other at once: keep the link dialed by the lower node id (both
       // ends decide the same).
       const lowerDialed = (l: Link) => (l.dialed ? this.nodeId : id) === Math.min(this.nodeId, id);
-      if (p.link.dialed === link.dialed || !lowerDialed(link)) {
-        return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${id} is already connected`);
+      if (p.link.dialed === link.dialed) return this.#reject(link, CLOSE_DUPLICATE_NODE, `node id ${id} is already connected`);
+      if (!lowerDialed(link)) {
+        // This link lost the tie-break, but the peer is connected through the other one: a dial
+        // that made it is not a failure.
+        this.#settle(link);
+        return this.#reject(link, CLOSE_DUPLICATE_NODE, "duplicate link");
       }
       const old = p.link;
       p.link = undefined;
@@ -660,10 +664,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     this.#onAck(p, theirRecv);
     for (const f of p.outbox) sendFrame(link.ws, f.frame);
     log.debug(`node ${this.nodeId}: peer ${id} ${joined ? "joined" : "resumed"} (${link.dialed ? "dialed" : "accepted"})`);
-    const done = link.onReady;
-    link.onReady = undefined;
+    this.#settle(link); // resolves a promise: its waiters run after the joined event below
     if (joined) this.firePeer({ type: "joined", nodeId: id, labels: p.labels });
-    done?.();
     this.#flushPeer(p);
   }
 
@@ -715,6 +717,13 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     p.link?.ws.send(encodeAck(p.recvSeq));
   }
 
+  /** Report `link`'s handshake as done (its peer is connected), if anyone waits for it. */
+  #settle(link: Link): void {
+    const done = link.onReady;
+    link.onReady = undefined;
+    done?.();
+  }
+
   #reject(link: Link, code: number, reason: string): void {
     if (link.closing) return;
     link.closing = true;
@@ -731,6 +740,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #socketOnClose(link: Link, code: number, reason: string): void {
     this.#links.delete(link);
     clearInterval(link.timer);
+    // The peer dropped our dial as the duplicate of a link it keeps (both dialed at once).
+    if (code === CLOSE_DUPLICATE_NODE && link.hello && this.#peers.get(link.hello.nodeId)?.link) this.#settle(link);
     const done = link.onReady;
     link.onReady = undefined;
     if (done) {
