@@ -45,3 +45,12 @@ t.start({ ctx: new Context() });
 const loose = new Task();
 loose.emit("anything", 1, "two", { three: 3 });
 loose.on("anything", (...args) => void args);
+
+// A map written as a `type` (no index signature) also checks event names.
+type Strict = { "learner.model": [weights: Float32Array, iter: number] };
+const strict = new Task<Strict>();
+strict.emit("learner.model", new Float32Array(1), 1);
+// @ts-expect-error a misspelt event name
+strict.emit("lerner.model", new Float32Array(1), 1);
+// @ts-expect-error an event the map does not have
+strict.on("collector.data", () => {});

@@ -532,6 +532,18 @@ if (!exe) {
     assert.is(ok, 20);
   });
 
+  P("finish propagates over Redis: a peer's stop() ends node 0's run early (test_early_stop)", async () => {
+    const r = await runScript(testPath("_fixtures/scenarios"), ["early_stop", JSON.stringify({ mqType: "redis", redisPort: srv!.port })], {
+      env: { DITASK_JOB: newJob() },
+      timeoutMs: 60_000,
+    });
+    assert.is(r.code, 0, r.stdout + r.stderr);
+    const m = /node 0 totalStep (\d+)/.exec(r.stdout);
+    assert.ok(m, r.stdout + r.stderr);
+    assert.ok(Number(m![1]) < 20, `node 0 ran ${m![1]} steps`);
+    assert.ok(lines(r.stdout).includes("node 1 totalStep 1"), r.stdout);
+  });
+
   P("3 workers each emit 10,000 events to a 4th: every event arrives once, in order per sender", async () => {
     const r = await runScript(scenarios, ["load", JSON.stringify({ nParallelWorkers: 4, redisPort: srv!.port, count: 10_000 })], {
       env: { DITASK_JOB: newJob() },
