@@ -18,6 +18,7 @@ import { DitaskError, WorkerExitError } from "./errors.ts";
 import type { MainFn, Parallel, ParallelOptions } from "./parallel.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parsePlatform, type PlatformArgs, PLATFORMS } from "./platform/mod.ts";
+import { padParam } from "./platform/spec.ts";
 import { enableTypeScriptImports, envSnapshot, getEnv, runtimeKey } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
@@ -533,10 +534,7 @@ function runnerOptions(a: PlatformArgs): ParallelOptions {
 
 function describeLaunch(target: MainTarget, o: ParallelOptions, platform: string | undefined): string {
   const n = o.nParallelWorkers;
-  const ids = o.nodeIds === undefined ? 0 : o.nodeIds;
-  const nodeIds = Array.isArray(ids) && ids.length > 1
-    ? ids
-    : Array.from({ length: n }, (_v, i) => (Array.isArray(ids) ? ids[0]! : ids) + i);
+  const nodeIds = padParam(o.nodeIds, n, 0);
   const parts = [
     `${n} worker${n === 1 ? "" : "s"} (node${n === 1 ? "" : "s"} ${nodeIds.join(", ")})`,
     `${o.topology} over ${o.protocol}`,

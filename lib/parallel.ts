@@ -16,6 +16,9 @@ import {
   spawnScript,
 } from "./runtime.ts";
 import { createTransport } from "./transport/mod.ts";
+import { padParam } from "./platform/spec.ts";
+
+export { padParam };
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parseAddress } from "./transport/ws/protocol.ts";
 
@@ -109,17 +112,6 @@ export const WORKER_ENV = "DITASK_WORKER";
 export const NODE_ID_ENV = "DITASK_NODE_ID";
 /** DI-engine's first tcp port. */
 export const DEFAULT_PORT_BASE = 50515;
-
-/**
- * DI-engine's `padding_param`: a number `v` becomes `v, v+1, ... v+n-1`; a one-element list is
- * treated as its element; `undefined` starts at `start`; another list is kept as it is.
- */
-export function padParam(value: number | number[] | undefined, n: number, start: number): number[] {
-  if (Array.isArray(value) && value.length === 1) value = value[0];
-  if (value === undefined) value = start;
-  if (typeof value === "number") return Array.from({ length: n }, (_, i) => (value as number) + i);
-  return [...value];
-}
 
 function checkInt(name: string, v: unknown, min: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min) {

@@ -356,6 +356,18 @@ function normalizeSpec(spec: unknown, nTasks: number, fail: (detail: string) => 
 }
 
 /** Expand a number-or-list the way DI-engine's `padding_param` does, with a length check. */
+/**
+ * DI-engine's `padding_param`: a number `v` becomes `v, v+1, ... v+n-1`; a one-element list is
+ * treated as its element; `undefined` starts at `start`; another list is kept as it is.
+ */
+export function padParam(value: number | number[] | undefined, n: number, start: number): number[] {
+  if (Array.isArray(value) && value.length === 1) value = value[0];
+  if (value === undefined) value = start;
+  if (typeof value === "number") return Array.from({ length: n }, (_, i) => (value as number) + i);
+  return [...value];
+}
+
+/** `padParam` for one task of a platform layout, which must give exactly one value per worker. */
 function perWorker(
   value: number | number[],
   n: number,
@@ -363,12 +375,9 @@ function perWorker(
   index: number,
   fail: (detail: string) => never,
 ): number[] {
-  if (typeof value === "number") return Array.from({ length: n }, (_v, j) => value + j);
-  if (value.length === 1) return Array.from({ length: n }, (_v, j) => (value[0] as number) + j);
-  if (value.length !== n) {
-    fail(`task ${index} has ${value.length} ${what} for ${n} parallel workers`);
-  }
-  return [...value];
+  const list = padParam(value, n, 0);
+  if (list.length !== n) fail(`task ${index} has ${list.length} ${what} for ${n} parallel workers`);
+  return list;
 }
 
 function tcpLink(address: string, port: number): string {
