@@ -33,7 +33,7 @@ export interface TaskSink {
   /** Whether the task has a listener for `event`. */
   has(event: string): boolean;
   /** Deliver a remote task event to the task's local listeners. */
-  deliver(event: string, args: unknown[]): void;
+  emit(event: string, args: readonly unknown[]): void;
 }
 
 /** Options of {@link Router.attach}. */
@@ -244,7 +244,7 @@ export class Router {
   }
 
   /** @internal Call the listeners of `event` on `bus` with `sender` set to `from` (no closure: per event). */
-  emitAs(bus: EventBus, event: string, args: readonly unknown[], from: number | null): void {
+  emitAs(bus: { emit(event: string, args: readonly unknown[]): unknown }, event: string, args: readonly unknown[], from: number | null): void {
     const prev = this.#sender;
     this.#sender = from;
     try {
@@ -267,14 +267,9 @@ export class Router {
     else this.#transport!.publish(topic, payload);
   }
 
-  #wants(topic: string): boolean {
-    const event = taskEvent(topic);
-    if (event !== undefined) return this.#sink?.has(event) ?? false;
-    return this.#bus.has(topic);
-  }
-
   #receive(m: TransportMessage): void {
-    const wanted = this.#wants(m.topic);
+    const event = taskEvent(m.topic);
+    const wanted = event !== undefined ? (this.#sink?.has(event) ?? false) : this.#bus.has(m.topic);
     // Topics nobody listens to are dropped before decoding (DI-engine does the same).
     if (!wanted && !this.#holding) return;
     let args: unknown;
@@ -288,7 +283,7 @@ export class Router {
       log.warn(`node ${this.#nodeId}: dropped "${m.topic}" from node ${m.from}: arguments are not an array`);
       return;
     }
-    if (wanted) this.#dispatch(m.topic, args, m.from);
+    if (wanted) this.#dispatch(m.topic, args, m.from, event);
     else {
       this.#held.push({ topic: m.topic, args, from: m.from });
       if (this.#held.length > MAX_HELD_EVENTS) {
@@ -298,16 +293,9 @@ export class Router {
     }
   }
 
-  #dispatch(topic: string, args: unknown[], from: number): void {
-    const event = taskEvent(topic);
-    if (event === undefined) return this.emitAs(this.#bus, topic, args, from);
-    const prev = this.#sender;
-    this.#sender = from;
-    try {
-      this.#sink?.deliver(event, args);
-    } finally {
-      this.#sender = prev;
-    }
+  #dispatch(topic: string, args: unknown[], from: number, event: string | undefined = taskEvent(topic)): void {
+    if (event === undefined) this.emitAs(this.#bus, topic, args, from);
+    else if (this.#sink) this.emitAs(this.#sink, event, args, from);
   }
 
   #replay(topic: string, isTask: boolean): void {

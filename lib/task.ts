@@ -193,7 +193,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     router.bindTask({
       // "finish" is always wanted while running: it ends run() (DI-engine's finish propagation).
       has: (event) => this.#running && (event === "finish" || this.#bus.has(event)),
-      deliver: (event, args) => {
+      emit: (event, args) => {
         if (!this.#running) return;
         if (event === "finish") this.#finish = args[0] !== false;
         this.#bus.emit(event, args);
