@@ -39,6 +39,18 @@ function until(cond: () => boolean, label: string, ms = 10_000): Promise<void> {
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const bytes = (...v: number[]) => new Uint8Array(v);
 
+/** Await `p`, which must reject with a TransportError; returns its message. */
+async function rejectsWithTransportError(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    assert.instance(e, TransportError);
+    return (e as Error).message;
+  }
+  assert.unreachable("open() should have failed");
+  return "";
+}
+
 function collect(t: RedisTransport): TransportMessage[] {
   const got: TransportMessage[] = [];
   t.onMessage((m) => got.push({ topic: m.topic, payload: m.payload.slice(), from: m.from }));
@@ -208,27 +220,17 @@ if (!exe) {
     await a.open();
     const dup = new RedisTransport({ nodeId: 0, redisPort: srv.port, job, ...fast });
     open.push(dup);
-    try {
-      await dup.open();
-      assert.unreachable("open() should have failed");
-    } catch (e) {
-      assert.instance(e, TransportError);
-      assert.match((e as Error).message, `job "${job}"`);
-      assert.match((e as Error).message, "node id 0 is already present");
-    }
+    const message = await rejectsWithTransportError(dup.open());
+    assert.match(message, `job "${job}"`);
+    assert.match(message, "node id 0 is already present");
   });
 
   R("unreachable Redis: open() rejects with the address in time, and close() is then a no-op", async () => {
     const port = await freePort();
     const t = new RedisTransport({ nodeId: 0, redisPort: port, connectTimeout: 800 });
     const t0 = Date.now();
-    try {
-      await t.open();
-      assert.unreachable("open() should have failed");
-    } catch (e) {
-      assert.instance(e, TransportError);
-      assert.match((e as Error).message, `could not connect to Redis at redis://127.0.0.1:${port} within 800 ms`);
-    }
+    const message = await rejectsWithTransportError(t.open());
+    assert.match(message, `could not connect to Redis at redis://127.0.0.1:${port} within 800 ms`);
     assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
     await t.close();
   });
@@ -242,13 +244,8 @@ if (!exe) {
     const b = new RedisTransport({ nodeId: 1, redisPort: srv.port, job });
     open.push(b);
     await b.open();
-    try {
-      await opening;
-      assert.unreachable("open() should have failed");
-    } catch (e) {
-      assert.instance(e, TransportError);
-      assert.is((e as Error).message, `Cannot start node 0: peers 2 did not join job "${job}" within 1500 ms`);
-    }
+    const message = await rejectsWithTransportError(opening);
+    assert.is(message, `Cannot start node 0: peers 2 did not join job "${job}" within 1500 ms`);
     // A failed open() leaves the job: b sees node 0 leave.
     await until(() => !b.peers.includes(0), "node 0 gone");
   });
@@ -266,13 +263,8 @@ if (!exe) {
       await until(() => got.length === 1, "message with a password");
       const bad = new RedisTransport({ nodeId: 2, redisUrl: `redis://:wrong@127.0.0.1:${srv.port}`, job });
       const t0 = Date.now();
-      try {
-        await bad.open();
-        assert.unreachable("open() should have failed");
-      } catch (e) {
-        assert.instance(e, TransportError);
-        assert.match((e as Error).message, "refused the credentials");
-      }
+      const message = await rejectsWithTransportError(bad.open());
+      assert.match(message, "refused the credentials");
       assert.ok(Date.now() - t0 < 5000);
       await bad.close();
       assert.throws(() => new RedisTransport({ nodeId: 0, redisUrl: "http://x" }), /redis:\/\//);
@@ -316,13 +308,8 @@ if (!exe) {
       await until(() => got.length === 1, "a message over TLS");
       const bad = new RedisTransport({ nodeId: 2, redisUrl: url, job, connectTimeout: 20_000 });
       const t0 = Date.now();
-      try {
-        await bad.open();
-        assert.unreachable("open() should have failed");
-      } catch (e) {
-        assert.instance(e, TransportError);
-        assert.match((e as Error).message, "TLS certificate does not verify");
-      }
+      const message = await rejectsWithTransportError(bad.open());
+      assert.match(message, "TLS certificate does not verify");
       assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
     } finally {
       await Promise.all(open.splice(0).map((t) => t.close()));
