@@ -8,6 +8,8 @@
 //   --json <path>       write the results as JSON to <path> (and the chart next to it, .svg)
 //   --both              also run every test on the other runtime (Node and Deno in one run)
 //   --only a,b          run only these tests: s64 s1k s64k s4m rtt mesh4 launch slow
+//   --repeat <n>        run each stream, round-trip and 4-node test n times in fresh processes and
+//                       report the medians (default 3; 1 with --quick)
 //   --wait-quiet <s>    before each test, wait up to <s> seconds until other processes use < 15% CPU
 //   --cpu-prof <dir>    Node only: the child processes write V8 CPU profiles into <dir>
 //   --verbose           pass the child processes' own output through

@@ -295,6 +295,23 @@ export function cpuTable(r: RunResult): string {
   return table(["CPU µs per event", "bare send", "bare recv", "mesh send", "mesh recv", "bare/mesh (busier side)"], rows);
 }
 
+/**
+ * Every repetition's figures (the tables above show the median run) and the bare/mesh ratio of
+ * each repetition, whose two sides ran one after the other. Null when nothing was repeated.
+ */
+export function spreadTable(r: RunResult): string | null {
+  const rows: string[][] = [];
+  const add = (label: string, unit: string, bare: number[] | undefined, mesh: number[] | undefined) => {
+    if (!bare || !mesh || Math.max(bare.length, mesh.length) < 2) return;
+    const ratios = mesh.map((m, i) => (bare[i] ? `${(m / bare[i]!).toFixed(2)}x` : "—"));
+    rows.push([label, bare.map(num).join(", ") + ` ${unit}`, mesh.map(num).join(", ") + ` ${unit}`, ratios.join(", ")]);
+  };
+  for (const st of Object.values(r.raw.streams)) add(st.label, "ev/s", st.bare?.samples, st.mesh?.samples);
+  add("round trip 64 B, p50", "µs", r.raw.rtt?.bare?.samples, r.raw.rtt?.mesh?.samples);
+  add("4 nodes broadcast 64 B", "ev/s", r.raw.mesh4?.bare?.samples, r.raw.mesh4?.mesh?.samples);
+  return rows.length ? table(["every repetition", "bare ws", "mesh", "mesh/bare"], rows) : null;
+}
+
 /** Print every run's table, the Deno/Node comparison and notes. */
 export function printReport(results: Results): void {
   const out: string[] = [];
@@ -313,6 +330,14 @@ export function printReport(results: Results): void {
     if (Object.keys(r.raw.streams).length || r.raw.mesh4) {
       out.push("");
       out.push(cpuTable(r));
+    }
+    const spread = spreadTable(r);
+    if (spread) {
+      out.push("");
+      out.push("Each figure above is the median of the repetitions below, each in fresh processes:");
+      out.push("");
+      out.push(spread);
+      out.push("");
     }
     const l = r.raw.launch;
     if (l) {
