@@ -179,9 +179,24 @@ export function normalizeOptions(options: ParallelOptions): Required<
       throw new TypeError("Invalid tls: cert and key must be PEM strings");
     }
   }
-  const secret = options.secret ?? getEnv("DITASK_SECRET");
+  if (mqType === "redis") {
+    // Both secure the ws mesh's own links; over Redis they would silently secure nothing.
+    for (const k of ["secret", "tls"] as const) {
+      if (options[k] !== undefined) {
+        throw new TypeError(
+          `Invalid options: ${k} secures the ws mesh and does nothing with mqType "redis"; ` +
+            "put the password and TLS in redisUrl (rediss://:password@host:6379)",
+        );
+      }
+    }
+  }
+  let secret = options.secret ?? getEnv("DITASK_SECRET");
   if (secret !== undefined && (typeof secret !== "string" || secret.length === 0)) {
     throw new TypeError("Invalid secret: expected a non-empty string");
+  }
+  if (mqType === "redis" && secret !== undefined) {
+    log.warn('DITASK_SECRET is set but mqType is "redis": the secret is not used; Redis authenticates through redisUrl');
+    secret = undefined;
   }
   if (options.startupInterval !== undefined && !(options.startupInterval >= 0)) {
     throw new RangeError(`Invalid startupInterval ${JSON.stringify(options.startupInterval)}: expected a number >= 0`);

@@ -137,6 +137,7 @@ const BAD_INPUT: Array<[string, string[], Record<string, string>, RegExp]> = [
   ["an option without its value", [...mainArgs, "--ports"], {}, /Option "--ports" needs a value/],
   ["a value for a flag", ["--quiet=yes"], {}, /Option "--quiet" does not take a value/],
   ["an empty secret", [...mainArgs, "--secret="], {}, /Invalid --secret ""/],
+  ["a secret with Redis", [...mainArgs, "--mq-type", "redis", "--secret", "s"], {}, /secret secures the ws mesh and does nothing with mqType "redis"/],
   ["a connect timeout that is not a positive number", [...mainArgs, "--connect-timeout", "0"], {}, /Invalid --connect-timeout "0": expected a number of seconds > 0/],
   [
     "a certificate without a key",

@@ -78,6 +78,23 @@ Plan("security and heartbeat options reach every plan; tls makes local dials wss
   assert.throws(() => normalizeOptions({ nParallelWorkers: 1, startupInterval: -1 }), (e: unknown) => e instanceof RangeError);
 });
 
+Plan("mqType redis refuses secret and tls instead of ignoring them, and leaves DITASK_SECRET unused", async () => {
+  const { setEnv } = await import("../lib/runtime.ts");
+  const refused = (k: string) => (e: unknown) =>
+    e instanceof TypeError && new RegExp(`${k} secures the ws mesh and does nothing with mqType "redis".*redisUrl`).test((e as Error).message);
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, mqType: "redis", secret: "s" }), refused("secret"));
+  assert.throws(() => normalizeOptions({ nParallelWorkers: 1, mqType: "redis", protocol: "tcp", tls: { cert: "C", key: "K" } }), refused("tls"));
+  setEnv("DITASK_SECRET", "from-env");
+  try {
+    const plans = planWorkers(normalizeOptions({ nParallelWorkers: 2, mqType: "redis" }), { dir: "/d" });
+    assert.equal(plans.map((w) => w.secret), [undefined, undefined]);
+    // The same environment still secures a ws mesh.
+    assert.is(normalizeOptions({ nParallelWorkers: 1 }).secret, "from-env");
+  } finally {
+    setEnv("DITASK_SECRET", undefined);
+  }
+});
+
 Plan("bad options throw at once with errors naming the problem", () => {
   const bad: Array<[object, new (...a: never[]) => Error, RegExp]> = [
     [{ nParallelWorkers: 0 }, RangeError, /nParallelWorkers/],
