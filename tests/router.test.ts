@@ -3,7 +3,7 @@ import * as assert from "uvu/assert";
 import { Task } from "../lib/task.ts";
 import { PEER_JOINED, PEER_LEFT, Router } from "../lib/router.ts";
 import { MemoryHub, type MemoryTransport } from "../lib/transport/memory.ts";
-import { CodecError, TaskStateError } from "../lib/errors.ts";
+import { CodecError, TaskStateError, TimeoutError } from "../lib/errors.ts";
 import { setLogLevel } from "../lib/log.ts";
 import { withTimeout } from "./_helpers.ts";
 
@@ -220,6 +220,26 @@ R("a listener failure on a remote event does not stop delivery", async () => {
   assert.equal(got, [2]);
   b!.task.use(() => {});
   await b!.task.run(1).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "first fails"));
+});
+
+R("a waitFor that times out or aborts removes its listener: the transport drops the topic", async () => {
+  const [a] = await nodes(1);
+  const calls: string[] = [];
+  const t = a!.t;
+  const sub = t.subscribe.bind(t);
+  const unsub = t.unsubscribe.bind(t);
+  a!.task.start(); // subscribes task.finish, which stays
+  t.subscribe = (topic) => (calls.push(`+${topic}`), sub(topic));
+  t.unsubscribe = (topic) => (calls.push(`-${topic}`), unsub(topic));
+  await a!.task.waitFor("model", { timeout: 20 }).then(() => assert.unreachable(), (e) => assert.ok(e instanceof TimeoutError));
+  assert.equal(calls, ["+task.model", "-task.model"]);
+  const ac = new AbortController();
+  const aborted = a!.task.waitFor("weights", { signal: ac.signal });
+  ac.abort(new Error("no longer needed"));
+  await aborted.then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "no longer needed"));
+  assert.equal(calls.slice(2), ["+task.weights", "-task.weights"]);
+  a!.task.stop();
+  await a!.task.router.detach();
 });
 
 R("attach() twice throws TaskStateError", async () => {

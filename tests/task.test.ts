@@ -196,7 +196,7 @@ Events("waitFor() rejects with TimeoutError after timeout", async () => {
     assert.match((e as Error).message, /"never".*30 ms/);
   }
   assert.ok(Date.now() - t0 >= 25);
-  // The listener it registered is gone.
+  // That the listener it registered is removed is checked in the router suite (through the transport).
   t.stop();
 });
 
@@ -241,6 +241,27 @@ Events("a failing listener does not stop the others and makes run() reject at th
   t.use(() => void seen.push("next middleware"));
   await t.run(5).then(() => assert.unreachable(), (e) => assert.is((e as Error).message, "listener failed"));
   assert.equal(seen, ["second", "next middleware"]);
+  assert.is(t.ctx.totalStep, 0);
+  t.stop();
+});
+
+Events("several listeners failing in one step make run() reject with an AggregateError of all of them", async () => {
+  const t = new Task();
+  t.start();
+  t.on("e", () => {
+    throw new Error("first");
+  });
+  t.on("f", () => {
+    throw new Error("second");
+  });
+  t.use(() => {
+    t.emit("e");
+    t.emit("f");
+  });
+  const err = await t.run(3).then(() => assert.unreachable(), (e: unknown) => e);
+  assert.ok(err instanceof AggregateError, String(err));
+  assert.equal((err as AggregateError).errors.map((e: Error) => e.message), ["first", "second"]);
+  assert.match((err as Error).message, /2 event listeners failed during the step/);
   assert.is(t.ctx.totalStep, 0);
   t.stop();
 });
@@ -535,6 +556,35 @@ Pipeline("use(fn, { lock }) serialises middleware (DI-engine test_use_lock)", as
   t.use(fast, { lock });
   await t.run(1);
   assert.is(t.ctx.result, "slowest");
+  t.stop();
+});
+
+Pipeline("a locked generator's backward half takes its lock again", async () => {
+  const t = new Task();
+  const lock = new Lock();
+  const seen: string[] = [];
+  let release: (() => void) | undefined;
+  t.start({ asyncMode: true });
+  t.use(
+    function* () {
+      seen.push("forward");
+      yield;
+      seen.push("backward");
+    },
+    { lock },
+  );
+  // A plain middleware after it takes the same lock and keeps it past the forward phase.
+  t.use(async () => {
+    release = await lock.acquire();
+    seen.push("held");
+  });
+  const ran = t.run(1);
+  // Without the lock the backward half would have run within these turns of the event loop.
+  for (let i = 0; i < 5; i++) await new Promise<void>((r) => setTimeout(r, 0));
+  assert.equal(seen, ["forward", "held"]);
+  release!();
+  await ran;
+  assert.equal(seen, ["forward", "held", "backward"]);
   t.stop();
 });
 
