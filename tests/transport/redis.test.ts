@@ -487,6 +487,54 @@ if (!exe) {
     }
   });
 
+  R("while Redis is down, past maxQueuedBytes the oldest waiting events are dropped; the rest arrive in order", async () => {
+    const srv = await startRedis();
+    try {
+      const job = newJob();
+      const opts = { redisPort: srv.port, job, heartbeatInterval: 100, peerTimeout: 5000, connectTimeout: 10_000 };
+      const max = 4096;
+      const a = new RedisTransport({ nodeId: 0, ...opts, expect: [1], maxQueuedBytes: max });
+      const b = new RedisTransport({ nodeId: 1, ...opts, expect: [0] });
+      open.push(a, b);
+      await Promise.all([a.open(), b.open()]);
+      const got = collect(b);
+      b.subscribe("q");
+      b.endStartup();
+      await b.whenSubscribed();
+      let i = 0;
+      const pad = "x".repeat(240); // more than 250 bytes per event
+      const send = (n: number) => {
+        for (let k = 0; k < n; k++) a.publish("q", cborCodec.encode({ i: i++, pad }));
+      };
+      send(20);
+      await until(() => got.length === 20, "20 before the outage");
+      await srv.kill();
+      const downFrom = i;
+      for (let k = 0; k < 20; k++) {
+        send(5); // one message per tick, 100 in all while Redis is down
+        await delay(10);
+      }
+      const downTo = i;
+      await srv.restart();
+      await withTimeout(a.drain(), 15_000, "a.drain() after the restart");
+      send(5); // Redis is back: nothing is dropped any more
+      const total = i;
+      await until(() => got.length > 0 && (cborCodec.decode(got[got.length - 1]!.payload) as { i: number }).i === total - 1, "the last event", 15_000);
+      const seq = got.map((m) => (cborCodec.decode(m.payload) as { i: number }).i);
+      for (let k = 1; k < seq.length; k++) assert.ok(seq[k]! > seq[k - 1]!, `in order and once: ${seq.join(",")}`);
+      assert.equal(seq.slice(0, 20), Array.from({ length: 20 }, (_, k) => k));
+      assert.equal(seq.slice(-5), [total - 5, total - 4, total - 3, total - 2, total - 1]);
+      // Of the outage's events only the newest survive: a run that ends with the last one sent.
+      const kept = seq.filter((v) => v >= downFrom && v < downTo);
+      // Each event takes more than 250 bytes of the queue, so at most max / 250 of them fit.
+      assert.ok(kept.length > 0 && kept.length * 250 <= max, `kept ${kept.length} of ${downTo - downFrom}`);
+      assert.equal(kept, Array.from({ length: kept.length }, (_, k) => downTo - kept.length + k), "the newest, without gaps");
+    } finally {
+      await Promise.all(open.splice(0).map((t) => t.close()));
+      await srv.stop();
+    }
+  });
+
   R.after(async () => {
     if (shared) await (await shared).stop();
     shared = undefined;
