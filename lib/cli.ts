@@ -532,20 +532,20 @@ function runnerOptions(a: PlatformArgs): ParallelOptions {
   return options;
 }
 
-function describeLaunch(target: MainTarget, o: ParallelOptions, platform: string | undefined): string {
+function describeLaunch(target: MainTarget, o: ParallelOptions, platform: string | undefined, redisAt: string | undefined): string {
   const n = o.nParallelWorkers;
   const nodeIds = padParam(o.nodeIds, n, 0);
-  const parts = [
-    `${n} worker${n === 1 ? "" : "s"} (node${n === 1 ? "" : "s"} ${nodeIds.join(", ")})`,
-    `${o.topology} over ${o.protocol}`,
-  ];
-  if (o.protocol === "tcp") {
+  const parts = [`${n} worker${n === 1 ? "" : "s"} (node${n === 1 ? "" : "s"} ${nodeIds.join(", ")})`];
+  // Over Redis there is no topology and no address of our own: every node talks through the server.
+  if (redisAt !== undefined) parts.push(`through Redis at ${redisAt}`);
+  else parts.push(`${o.topology} over ${o.protocol}`);
+  if (redisAt === undefined && o.protocol === "tcp") {
     const ports = o.ports === undefined
       ? "free ports"
       : `port${Array.isArray(o.ports) && o.ports.length > 1 ? "s" : ""} ${[o.ports].flat().join(", ")}`;
     parts.push(`on ${o.address ?? "127.0.0.1"} ${ports}`);
   }
-  if (o.attachTo !== undefined && o.attachTo.length > 0) parts.push(`attached to ${o.attachTo.join(", ")}`);
+  if (redisAt === undefined && o.attachTo !== undefined && o.attachTo.length > 0) parts.push(`attached to ${o.attachTo.join(", ")}`);
   if (o.labels !== undefined && [...o.labels].length > 0) parts.push(`labels ${[...o.labels].join(", ")}`);
   if (platform !== undefined) parts.push(`from ${platform}`);
   return `ditask: running ${target.spec} (${target.file}): ${parts.join(", ")}`;
@@ -592,6 +592,7 @@ export async function main(argv: string[]): Promise<number> {
   let run: ReturnType<typeof Parallel.runner>;
   let fn: MainFn<[]>;
   let workerEnv: string;
+  let redisAt: string | undefined;
   try {
     let values: Values;
     try {
@@ -608,6 +609,11 @@ export async function main(argv: string[]): Promise<number> {
     // Loaded only now (it brings the transport), so --help and most bad input answer at once.
     const parallel = await import("./parallel.ts");
     workerEnv = parallel.WORKER_ENV;
+    if (options.mqType === "redis") {
+      const { redisTarget } = await import("./transport/redis/mod.ts");
+      const { redisUrl, redisHost, redisPort } = options;
+      redisAt = redisTarget({ nodeId: 0, ...(redisUrl !== undefined ? { redisUrl } : {}), ...(redisHost !== undefined ? { redisHost } : {}), ...(redisPort !== undefined ? { redisPort } : {}) });
+    }
     // Checks every option (ports per worker, addresses, node ids) before anything starts.
     run = parallel.Parallel.runner(options);
     fn = await loadMain(target);
@@ -619,7 +625,7 @@ export async function main(argv: string[]): Promise<number> {
     return fail(EXIT_USAGE, `Invalid arguments: ${firstLine(err)}`, err);
   }
   const isWorker = getEnv(workerEnv) !== undefined;
-  if (!parsed.quiet && !isWorker) console.error(describeLaunch(target, options, parsed.platform));
+  if (!parsed.quiet && !isWorker) console.error(describeLaunch(target, options, parsed.platform, redisAt));
   try {
     await run(fn);
     return EXIT_OK;

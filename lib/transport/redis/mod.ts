@@ -184,7 +184,7 @@ export class RedisTransport extends TransportListeners implements Transport {
     }
     this.nodeId = options.nodeId;
     this.labels = options.labels ?? [];
-    this.job = options.job ?? getEnv("DITASK_JOB") ?? getEnv("DI_JOB_ID") ?? "default";
+    this.job = jobOf(options);
     this.#names = redisNames(this.job);
     this.#key = presenceKey(this.#names, this.nodeId);
     this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
@@ -795,6 +795,26 @@ function reconnectStrategy(retries: number, cause: Error): number | Error {
     return new TransportError(`Redis refused: the TLS certificate does not verify (${code}: ${cause.message})`, { cause });
   }
   return Math.min(1000, 25 * 2 ** Math.min(retries, 6)) * (0.5 + Math.random() / 2);
+}
+
+/** The job of `o`: its `job`, else `DITASK_JOB`, else `DI_JOB_ID`, else "default". */
+function jobOf(o: Pick<RedisTransportOptions, "job">): string {
+  return o.job ?? getEnv("DITASK_JOB") ?? getEnv("DI_JOB_ID") ?? "default";
+}
+
+/**
+ * Where a node with these options meets its peers, for people to read: the server without
+ * credentials and the job, e.g. `redis://127.0.0.1:6379, job "default"`.
+ *
+ * @param o Transport options (only the server and job fields are read).
+ * @throws {TypeError} If `redisUrl` or `redisPort` is invalid.
+ * @example
+ * ```ts
+ * redisTarget({ nodeId: 0, redisUrl: "redis://:pw@redis:6379" }); // 'redis://redis:6379, job "default"'
+ * ```
+ */
+export function redisTarget(o: RedisTransportOptions): string {
+  return `${clientConfig(o).display}, job ${JSON.stringify(jobOf(o))}`;
 }
 
 function clientConfig(o: RedisTransportOptions): { clientOptions: Parameters<typeof createClient>[0]; display: string } {
