@@ -885,10 +885,9 @@ F("fuzz: a peer that never acknowledges keeps no more memory than maxOutboxBytes
   }
 });
 
-// KNOWN LIB BUG (reported, not fixed here): after WsMeshTransport refuses a connection (#reject),
-// the frames the client had already pipelined are still parsed, and each is refused and logged
-// again at warn: one connection, before any handshake or secret check, can make a node parse and
-// log thousands of frames (until the 2 s terminate). Enable this test once fixed.
+// After WsMeshTransport refuses a connection (#reject), the frames the client had already
+// pipelined must not be parsed and logged one by one: otherwise one connection, before any
+// handshake or secret check, could make a node parse and log thousands of frames.
 F("fuzz: frames pipelined behind a refused one are neither parsed nor logged", async () => {
   const logged: string[] = [];
   const origError = console.error;

@@ -23,6 +23,7 @@ import {
   encodeAck,
   encodeAuth,
   encodeEvents,
+  FrameSlab,
   encodeHello,
   encodeResume,
   type EventsFrame,
@@ -139,6 +140,8 @@ interface PeerState {
   /** Events received and not yet acknowledged. */
   unacked: number;
   ackTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Memory for this peer's small frames. */
+  slab: FrameSlab;
   /** Set while the link is down and we wait for the peer to come back. */
   downTimer: ReturnType<typeof setTimeout> | undefined;
 }
@@ -645,6 +648,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         recvSeq: 0,
         unacked: 0,
         ackTimer: undefined,
+        slab: new FrameSlab(),
         downTimer: undefined,
       };
       this.#peers.set(id, p);
@@ -852,7 +856,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     }
     const seq = p.sendSeq + 1;
     p.sendSeq += items.length / 2;
-    const frame = encodeEvents(seq, this.nodeId, items);
+    const frame = encodeEvents(seq, this.nodeId, items, p.slab);
     // Payloads copied into a frame are not read again.
     if (!Array.isArray(frame) && this.#holds.size > 0) {
       for (let i = 1; i < items.length; i += 2) this.#release(items[i] as Uint8Array);
