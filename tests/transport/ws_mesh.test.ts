@@ -1,4 +1,9 @@
+import { suite } from "uvu";
+import * as assert from "uvu/assert";
+import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
+import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_EVENT, FRAME_HELLO, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { until } from "../_helpers.ts";
 import { defineTransportContract } from "./contract.ts";
 
 /** n mesh nodes on loopback with free ports: node i dials nodes 0..i-1. */
@@ -25,3 +30,37 @@ export async function meshCluster(n: number, protocol: "tcp" | "ipc" = "tcp") {
 
 defineTransportContract("WsMeshTransport (tcp)", (n) => meshCluster(n, "tcp"));
 defineTransportContract("WsMeshTransport (ipc)", (n) => meshCluster(n, "ipc"));
+
+const F = suite("WsMeshTransport framing");
+
+F("replies published while a received frame is delivered go out together, in one frame, right after it", async () => {
+  const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", connectTimeout: 10_000 });
+  await a.open();
+  const ws = new WebSocket(a.address!.replace("tcp://", "ws://"), { perMessageDeflate: false });
+  const frames: EventsFrame[] = [];
+  try {
+    ws.on("error", () => {});
+    ws.on("message", (d) => {
+      const f = parseFrame(new Uint8Array(d as Buffer));
+      if (typeof f === "string") return;
+      if (f.kind === FRAME_HELLO) ws.send(encodeResume(f.session, 0));
+      else if (f.kind === FRAME_EVENT) frames.push(f);
+    });
+    ws.once("open", () => ws.send(encodeHello(9, [], "rawsession", "n".repeat(16))));
+    await until(() => a.peers.includes(9), "the raw peer joined");
+    a.onMessage((m) => a.publish("echo", m.payload));
+    // One BATCH frame of 20 events from node 9: node 0 echoes each as it is delivered.
+    const items: Array<string | Uint8Array> = [];
+    for (let i = 0; i < 20; i++) items.push("ping", new Uint8Array([i]));
+    ws.send(encodeEvents(1, 9, items) as Uint8Array);
+    await until(() => frames.reduce((n, f) => n + f.items.length / 2, 0) >= 20, "20 echoes");
+    assert.is(frames.length, 1, `the echoes came in ${frames.length} frames`);
+    assert.equal(frames[0]!.items.filter((_, i) => i % 2 === 1).map((p) => (p as Uint8Array)[0]), Array.from({ length: 20 }, (_, i) => i));
+    assert.is(frames[0]!.seq, 1);
+  } finally {
+    ws.terminate();
+    await a.close();
+  }
+});
+
+F.run();

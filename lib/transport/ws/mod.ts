@@ -221,6 +221,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #closed = false;
   #opened: Promise<void> | undefined;
   #flushScheduled = false;
+  /** Set while a received frame's events are handed to the listeners (see #socketOnMessage). */
+  #delivering = false;
   #dirty = new Set<PeerState>();
   /** Payloads published with a `done` callback: how many peers still hold each. */
   #holds = new Map<Uint8Array, { n: number; done: () => void }>();
@@ -524,12 +526,21 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #socketOnMessage(link: Link, data: RawData, isBinary: boolean): void {
     if (link.closing) return; // refused: what it pipelined behind is not read
     link.lastSeen = Date.now();
+    // What the listeners publish while the frame's events are delivered (a reply, an echo) is
+    // sent as soon as they are done, in one frame per peer, without waiting for the microtasks.
+    const outer = !this.#delivering;
+    this.#delivering = true;
     try {
       this.#onFrame(link, data, isBinary);
     } catch (err) {
       // A listener's error or a bug must not take the node down: drop this link instead.
       log.error(`node ${this.nodeId}: error while handling a frame:`, err);
       this.#reject(link, CLOSE_POLICY, "internal error while handling a frame");
+    } finally {
+      if (outer) {
+        this.#delivering = false;
+        if (this.#dirty.size > 0 && !this.#flushScheduled && !this.#closed) this.#flushAll();
+      }
     }
   }
 
@@ -816,7 +827,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       // Keep frames well below maxPayload: a large backlog is framed now, not at the end of the tick.
       if (p.queueBytes >= MAX_BATCH_BYTES) this.#flushPeer(p);
     }
-    if (this.#dirty.size === 0 || this.#flushScheduled) return;
+    if (this.#dirty.size === 0 || this.#flushScheduled || this.#delivering) return;
     this.#flushScheduled = true;
     // A lone event is sent right away (no added latency); more events in the same tick are
     // collected and go out as one frame per peer when the tick's microtasks are done.
