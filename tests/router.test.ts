@@ -122,6 +122,22 @@ R("start-up hold: an event that arrives before its listener is delivered when it
   assert.equal(await waited, [1]);
 });
 
+R("start-up hold: router topics too; a router topic's events are not handed to a task listener of that name", async () => {
+  const [a, b] = await nodes(2);
+  a!.task.start();
+  a!.task.router.emit("status", "up");
+  a!.task.emit("status", "task-level");
+  await tick();
+  b!.task.start();
+  const viaRouter: unknown[] = [];
+  const viaTask: unknown[] = [];
+  b!.task.router.on("status", (x) => void viaRouter.push(x));
+  b!.task.on("status", (x) => void viaTask.push(x));
+  await tick();
+  assert.equal(viaRouter, ["up"]);
+  assert.equal(viaTask, ["task-level"]);
+});
+
 R("the hold ends after the first step: later events without listener are dropped", async () => {
   const [a, b] = await nodes(2);
   a!.task.start();
