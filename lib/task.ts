@@ -655,3 +655,16 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
 /** The process-wide task (loosely typed). Its `router` is the one `Parallel.runner` activates. */
 export const task: Task<AnyEvents, Context> = new Task();
+
+// Two copies of ditask in one process (a main that imports ditask from another path or version
+// than the launcher's) each have their own `task`: the one the launcher did not attach stays
+// standalone, and what it emits goes nowhere. Nothing fails, so say it once, naming both copies.
+const COPIES = Symbol.for("ditask.loadedCopies");
+const copies: string[] = ((globalThis as Record<symbol, string[] | undefined>)[COPIES] ??= []);
+copies.push(import.meta.url);
+if (copies.length === 2) {
+  log.warn(
+    `two copies of ditask are loaded in this process (${copies[0]} and ${copies[1]}); each has its own ` +
+      "task, and only the one Parallel.runner attached reaches other nodes: import ditask from one place",
+  );
+}

@@ -5,7 +5,10 @@ import { Context, OnlineRLContext } from "../lib/context.ts";
 import { StepTimer } from "../lib/step_timer.ts";
 import { DitaskError, TaskStateError, TimeoutError } from "../lib/errors.ts";
 import { setLogLevel } from "../lib/log.ts";
-import { delay } from "./_helpers.ts";
+import { cpSync, rmSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { delay, ext } from "./_helpers.ts";
+import { setEnv, getEnv } from "../lib/runtime.ts";
 
 // Listener failures are logged on purpose in some tests; keep the output readable.
 setLogLevel("silent");
@@ -95,6 +98,30 @@ Lifecycle("stop() removes listeners and middleware; pending waitFor rejects", as
   await t.run(1); // no middleware left: returns at once
   assert.is(t.ctx.totalStep, 0);
   t.stop();
+});
+
+Lifecycle("a second copy of ditask in the process is reported once, naming both files", async () => {
+  const original = new URL(`../lib/task${ext}`, import.meta.url).href;
+  // A copy of the library at another path (inside the repository, so its dependencies resolve).
+  const dir = new URL(`../_second_copy_${Date.now()}/`, import.meta.url);
+  cpSync(fileURLToPath(new URL("../lib/", import.meta.url)), fileURLToPath(new URL("lib/", dir)), { recursive: true });
+  const copy = new URL(`lib/task${ext}`, dir).href;
+  const logged: string[] = [];
+  const consoleError = console.error;
+  const level = getEnv("DITASK_LOG");
+  setEnv("DITASK_LOG", "warn"); // the copy's own log reads it when it loads
+  console.error = (...args: unknown[]) => void logged.push(args.map(String).join(" "));
+  try {
+    await import(copy);
+  } finally {
+    console.error = consoleError;
+    setEnv("DITASK_LOG", level);
+    rmSync(fileURLToPath(dir), { recursive: true, force: true });
+  }
+  const lines = logged.filter((l) => l.includes("two copies of ditask"));
+  assert.is(lines.length, 1, logged.join("\n"));
+  assert.ok(lines[0]!.includes(original) && lines[0]!.includes(copy), lines[0]);
+  assert.match(lines[0]!, /only the one Parallel\.runner attached reaches other nodes/);
 });
 
 Lifecycle("methods used outside start() throw TaskStateError naming the action", async () => {
