@@ -56,6 +56,26 @@ P("EVENT carries seq, sender, topic and the payload bytes", () => {
   assert.equal(parseFrame(hand), { kind: FRAME_EVENT, seq: 1, from: 0, items: ["t", new Uint8Array([9])] });
 });
 
+P("topics decode right however often they repeat, also past the decoder's memory of recent ones", () => {
+  // 40 topics of equal and different lengths, some differing in one byte, some not ASCII.
+  const topics = Array.from({ length: 40 }, (_, i) => (i % 5 === 4 ? `tâche.${i}` : `task.t${String(i).padStart(2, "0")}`));
+  const frames = topics.map((t, i) => Buffer.from(encodeEvents(i + 1, 3, [t, new Uint8Array([i])]) as Uint8Array));
+  for (let round = 0; round < 3; round++) {
+    for (let i = 0; i < frames.length; i++) {
+      const k = round === 1 ? frames.length - 1 - i : i;
+      const f = parseFrame(frames[k]!);
+      assert.ok(typeof f !== "string" && f.kind === FRAME_EVENT, String(f));
+      assert.is((f as { items: unknown[] }).items[0], topics[k]);
+    }
+  }
+  // A frame whose topic bytes are then overwritten: the remembered topic is a copy, not a view.
+  const b = Buffer.from(encodeEvents(1, 3, ["task.zz", new Uint8Array([1])]) as Uint8Array);
+  assert.is((parseFrame(b) as { items: unknown[] }).items[0], "task.zz");
+  b[b.indexOf("zz")] = "y".charCodeAt(0);
+  assert.is((parseFrame(b) as { items: unknown[] }).items[0], "task.yz");
+  assert.is((parseFrame(Buffer.from(encodeEvents(1, 3, ["task.zz", new Uint8Array([1])]) as Uint8Array)) as { items: unknown[] }).items[0], "task.zz");
+});
+
 P("encodeEvents() writes the same bytes as cbor-x; a large single payload is split off, not copied", () => {
   const items = ["task.a", new Uint8Array([1, 2]), "b", new Uint8Array(300)];
   assert.equal([...(encodeEvents(70000, 3, items) as Uint8Array)], [...encodeBatch(70000, 3, items)]);

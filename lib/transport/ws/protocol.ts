@@ -298,14 +298,41 @@ function readHead(b: Uint8Array, pos: number, major: number, what: string): [num
   return [v, pos + 1 + len];
 }
 
+// Topics repeat: the last few decoded ones are kept with their bytes, so a known topic costs a
+// byte comparison instead of a view, an array-like call and a new string per event.
+const RECENT_TEXTS = 16;
+const recentBytes: Uint8Array[] = [];
+const recentStrings: string[] = [];
+let recentNext = 0;
+
+function recentText(b: Uint8Array, start: number, len: number): string | undefined {
+  outer: for (let k = 0; k < recentBytes.length; k++) {
+    const r = recentBytes[k]!;
+    if (r.length !== len) continue;
+    for (let i = 0; i < len; i++) if (r[i] !== b[start + i]) continue outer;
+    return recentStrings[k];
+  }
+  return undefined;
+}
+
+function rememberText(b: Uint8Array, start: number, len: number, text: string): string {
+  if (len > 64) return text;
+  recentBytes[recentNext] = Uint8Array.prototype.slice.call(b, start, start + len); // a copy (Buffer#slice is a view)
+  recentStrings[recentNext] = text;
+  recentNext = (recentNext + 1) % RECENT_TEXTS;
+  return text;
+}
+
 function readText(b: Uint8Array, pos: number, what: string): [string, number] | string {
   const h = readHead(b, pos, 3, what);
   if (typeof h === "string") return h;
   const [len, start] = h;
   if (start + len > b.length) return `${what}: frame ends early`;
+  const known = recentText(b, start, len);
+  if (known !== undefined) return [known, start + len];
   let ascii = len <= 128;
   for (let i = start; ascii && i < start + len; i++) if (b[i]! >= 0x80) ascii = false;
-  if (ascii) return [String.fromCharCode.apply(null, b.subarray(start, start + len) as unknown as number[]), start + len];
+  if (ascii) return [rememberText(b, start, len, String.fromCharCode.apply(null, b.subarray(start, start + len) as unknown as number[])), start + len];
   try {
     return [utf8Decoder.decode(b.subarray(start, start + len)), start + len];
   } catch {
