@@ -732,11 +732,11 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     p.link?.ws.send(encodeAck(p.recvSeq));
   }
 
-  /** Report `link`'s handshake as done (its peer is connected), if anyone waits for it. */
-  #settle(link: Link): void {
+  /** Report how `link`'s handshake ended (connected, or `err`) to whoever waits for it, once. */
+  #settle(link: Link, err?: Error): void {
     const done = link.onReady;
     link.onReady = undefined;
-    done?.();
+    done?.(err);
   }
 
   #reject(link: Link, code: number, reason: string): void {
@@ -744,9 +744,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     link.closing = true;
     const who = link.hello ? ` of node ${link.hello.nodeId}` : "";
     log.warn(`node ${this.nodeId}: closing a connection${who}: ${reason}`);
-    const done = link.onReady;
-    link.onReady = undefined;
-    done?.(new TransportError(`Connection refused: ${reason}`, { closeCode: code }));
+    this.#settle(link, new TransportError(`Connection refused: ${reason}`, { closeCode: code }));
     link.ws.close(code, reason.slice(0, 120));
     // A peer that does not answer the close is cut off.
     setTimeout(() => link.ws.terminate(), 2000).unref?.();
@@ -755,18 +753,14 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #socketOnClose(link: Link, code: number, reason: string): void {
     this.#links.delete(link);
     clearInterval(link.timer);
-    // The peer dropped our dial as the duplicate of a link it keeps (both dialed at once).
-    if (code === CLOSE_DUPLICATE_NODE && link.hello && this.#peers.get(link.hello.nodeId)?.link) this.#settle(link);
-    const done = link.onReady;
-    link.onReady = undefined;
-    if (done) {
-      const refused = [CLOSE_DUPLICATE_NODE, CLOSE_VERSION, CLOSE_POLICY, CLOSE_AUTH].includes(code);
-      done(
-        new TransportError(
-          `Connection closed during the handshake (${code}${reason ? `: ${reason}` : ""})`,
-          refused ? { closeCode: code } : {},
-        ),
-      );
+    if (link.onReady) {
+      // The peer dropped our dial as the duplicate of a link it keeps (both dialed at once): connected.
+      if (code === CLOSE_DUPLICATE_NODE && link.hello && this.#peers.get(link.hello.nodeId)?.link) this.#settle(link);
+      else {
+        const refused = [CLOSE_DUPLICATE_NODE, CLOSE_VERSION, CLOSE_POLICY, CLOSE_AUTH].includes(code);
+        const why = `Connection closed during the handshake (${code}${reason ? `: ${reason}` : ""})`;
+        this.#settle(link, new TransportError(why, refused ? { closeCode: code } : {}));
+      }
     }
     const p = link.peer;
     if (!p || p.link !== link) return;
