@@ -611,8 +611,7 @@ export async function main(argv: string[]): Promise<number> {
     workerEnv = parallel.WORKER_ENV;
     if (options.mqType === "redis") {
       const { redisTarget } = await import("./transport/redis/mod.ts");
-      const { redisUrl, redisHost, redisPort } = options;
-      redisAt = redisTarget({ nodeId: 0, ...(redisUrl !== undefined ? { redisUrl } : {}), ...(redisHost !== undefined ? { redisHost } : {}), ...(redisPort !== undefined ? { redisPort } : {}) });
+      redisAt = redisTarget(options);
     }
     // Checks every option (ports per worker, addresses, node ids) before anything starts.
     run = parallel.Parallel.runner(options);

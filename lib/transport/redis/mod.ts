@@ -798,7 +798,7 @@ function reconnectStrategy(retries: number, cause: Error): number | Error {
 }
 
 /** The job of `o`: its `job`, else `DITASK_JOB`, else `DI_JOB_ID`, else "default". */
-function jobOf(o: Pick<RedisTransportOptions, "job">): string {
+function jobOf(o: RedisServerOptions): string {
   return o.job ?? getEnv("DITASK_JOB") ?? getEnv("DI_JOB_ID") ?? "default";
 }
 
@@ -806,18 +806,21 @@ function jobOf(o: Pick<RedisTransportOptions, "job">): string {
  * Where a node with these options meets its peers, for people to read: the server without
  * credentials and the job, e.g. `redis://127.0.0.1:6379, job "default"`.
  *
- * @param o Transport options (only the server and job fields are read).
+ * @param o The server and job fields of the transport's options.
  * @throws {TypeError} If `redisUrl` or `redisPort` is invalid.
  * @example
  * ```ts
- * redisTarget({ nodeId: 0, redisUrl: "redis://:pw@redis:6379" }); // 'redis://redis:6379, job "default"'
+ * redisTarget({ redisUrl: "redis://:pw@redis:6379" }); // 'redis://redis:6379, job "default"'
  * ```
  */
-export function redisTarget(o: RedisTransportOptions): string {
+export function redisTarget(o: RedisServerOptions): string {
   return `${clientConfig(o).display}, job ${JSON.stringify(jobOf(o))}`;
 }
 
-function clientConfig(o: RedisTransportOptions): { clientOptions: Parameters<typeof createClient>[0]; display: string } {
+/** The options that say which server and job: what {@link redisTarget} reads. */
+export type RedisServerOptions = Pick<RedisTransportOptions, "redisUrl" | "redisHost" | "redisPort" | "job">;
+
+function clientConfig(o: RedisServerOptions & Pick<RedisTransportOptions, "tls">): { clientOptions: Parameters<typeof createClient>[0]; display: string } {
   let host = o.redisHost ?? "127.0.0.1";
   let port = o.redisPort ?? 6379;
   let tls = o.tls !== undefined;
