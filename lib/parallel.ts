@@ -17,10 +17,10 @@ import {
 } from "./runtime.ts";
 import { createTransport } from "./transport/mod.ts";
 import { padParam } from "./platform/spec.ts";
-
-export { padParam };
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parseAddress } from "./transport/ws/protocol.ts";
+
+export { padParam };
 
 /** How workers connect. */
 export type Topology = "mesh" | "star" | "alone";

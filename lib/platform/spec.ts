@@ -355,7 +355,6 @@ function normalizeSpec(spec: unknown, nTasks: number, fail: (detail: string) => 
   return tasks.map((t, i) => normalizeSpecTask(t, i, fail));
 }
 
-/** Expand a number-or-list the way DI-engine's `padding_param` does, with a length check. */
 /**
  * DI-engine's `padding_param`: a number `v` becomes `v, v+1, ... v+n-1`; a one-element list is
  * treated as its element; `undefined` starts at `start`; another list is kept as it is.
