@@ -33,21 +33,50 @@ defineTransportContract("WsMeshTransport (ipc)", (n) => meshCluster(n, "ipc"));
 
 const F = suite("WsMeshTransport framing");
 
-F("replies published while a received frame is delivered go out together, in one frame, right after it", async () => {
+/** A mesh node and a raw WebSocket peer (node 9) that records the event frames it receives. */
+async function rawPeer() {
   const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", connectTimeout: 10_000 });
   await a.open();
   const ws = new WebSocket(a.address!.replace("tcp://", "ws://"), { perMessageDeflate: false });
   const frames: EventsFrame[] = [];
+  ws.on("error", () => {});
+  ws.on("message", (d) => {
+    const f = parseFrame(new Uint8Array(d as Buffer));
+    if (typeof f === "string") return;
+    if (f.kind === FRAME_HELLO) ws.send(encodeResume(f.session, 0));
+    else if (f.kind === FRAME_EVENT) frames.push(f);
+  });
+  ws.once("open", () => ws.send(encodeHello(9, [], "rawsession", "n".repeat(16))));
+  const close = async () => {
+    ws.terminate();
+    await a.close();
+  };
   try {
-    ws.on("error", () => {});
-    ws.on("message", (d) => {
-      const f = parseFrame(new Uint8Array(d as Buffer));
-      if (typeof f === "string") return;
-      if (f.kind === FRAME_HELLO) ws.send(encodeResume(f.session, 0));
-      else if (f.kind === FRAME_EVENT) frames.push(f);
-    });
-    ws.once("open", () => ws.send(encodeHello(9, [], "rawsession", "n".repeat(16))));
     await until(() => a.peers.includes(9), "the raw peer joined");
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { a, ws, frames, close };
+}
+
+F("a lone publish goes out at once; the rest of the same tick goes out together at its end", async () => {
+  const { a, frames, close } = await rawPeer();
+  try {
+    a.publish("t", new Uint8Array([1]));
+    a.publish("t", new Uint8Array([2]));
+    a.publish("t", new Uint8Array([3]));
+    await until(() => frames.reduce((n, f) => n + f.items.length / 2, 0) >= 3, "3 events");
+    assert.equal(frames.map((f) => f.items.length / 2), [1, 2], "the first at once, then the other two in one frame");
+    assert.equal(frames.flatMap((f) => f.items.filter((_, i) => i % 2 === 1).map((p) => (p as Uint8Array)[0])), [1, 2, 3]);
+  } finally {
+    await close();
+  }
+});
+
+F("replies published while a received frame is delivered go out together, in one frame, right after it", async () => {
+  const { a, ws, frames, close } = await rawPeer();
+  try {
     a.onMessage((m) => a.publish("echo", m.payload));
     // One BATCH frame of 20 events from node 9: node 0 echoes each as it is delivered.
     const items: Array<string | Uint8Array> = [];
@@ -58,8 +87,7 @@ F("replies published while a received frame is delivered go out together, in one
     assert.equal(frames[0]!.items.filter((_, i) => i % 2 === 1).map((p) => (p as Uint8Array)[0]), Array.from({ length: 20 }, (_, i) => i));
     assert.is(frames[0]!.seq, 1);
   } finally {
-    ws.terminate();
-    await a.close();
+    await close();
   }
 });
 
