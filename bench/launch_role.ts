@@ -1,8 +1,10 @@
 // Start-up: Parallel.runner with n workers (the default ipc mesh), timed from just before the
 // runner call until node 0 has heard from every worker that its `main` runs. The workers re-run
 // this same entry script (bench.ts --role launch ...); their stdout is this process's stdout.
+// ditask comes in as a user's code gets it, `from "ditask"`: on Node the npm package's entry (the
+// bundle, see scripts/bundle.js, through the package's self-reference), on Deno mod.ts (deno.json).
 import process from "node:process";
-import { Parallel, task } from "../mod.ts";
+import { Parallel, task } from "ditask";
 import { report, rssMiB } from "./control.ts";
 
 /** The launch test's parameters. */

@@ -607,12 +607,10 @@ export async function main(argv: string[]): Promise<number> {
     options = runnerOptions(launch);
     target = resolveMainTarget(parsed.main, parsed.packageDir);
     // Loaded only now (it brings the transport), so --help and most bad input answer at once.
+    // One dynamic import, so the npm bundle splits into few files (see scripts/bundle.js).
     const parallel = await import("./parallel.ts");
     workerEnv = parallel.WORKER_ENV;
-    if (options.mqType === "redis") {
-      const { redisTarget } = await import("./transport/redis/mod.ts");
-      redisAt = redisTarget(options);
-    }
+    if (options.mqType === "redis") redisAt = parallel.redisTarget(options);
     // Checks every option (ports per worker, addresses, node ids) before anything starts.
     run = parallel.Parallel.runner(options);
     fn = await loadMain(target);

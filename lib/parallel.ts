@@ -21,6 +21,8 @@ import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parseAddress } from "./transport/ws/protocol.ts";
 
 export { padParam };
+/** Re-exported for the CLI, which loads this module (and so the transport) only when it launches. */
+export { redisTarget } from "./transport/redis/mod.ts";
 
 /** How workers connect. */
 export type Topology = "mesh" | "star" | "alone";

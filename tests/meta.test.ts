@@ -18,8 +18,8 @@ M("deno.json and package.json agree on name, version and dependencies", () => {
   }
   assert.is(deno.imports.uvu, `npm:uvu@${pkg.devDependencies.uvu}`);
   assert.is(deno.exports, "./mod.ts");
-  assert.is(pkg.exports["."].default, "./dist/mod.js");
-  assert.is(pkg.bin.ditask, "./dist/lib/bin.js");
+  assert.is(pkg.exports["."].default, "./dist/bundle/mod.js");
+  assert.is(pkg.bin.ditask, "./dist/bundle/lib/bin.js");
   assert.is(pkg.type, "module");
   assert.is(pkg.overrides["cbor-extract"], "2.2.2");
 });

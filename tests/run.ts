@@ -17,6 +17,7 @@ import "./transport/ws_fuzz.test.ts";
 import "./parallel.test.ts";
 import "./examples.test.ts";
 import "./cli.test.ts";
+import "./package.test.ts";
 import "./meta.test.ts";
 import { runQueued } from "./_runner.ts";
 
