@@ -19,7 +19,20 @@ import {
   PROTOCOL_VERSION,
   dialUrl,
   formatAddress,
+  FrameSlab,
+  wsMessage,
 } from "../lib/transport/ws/protocol.ts";
+import { loadWs } from "../lib/runtime.ts";
+
+/** ws's frame parser (exported by ws, not declared by @types/ws). */
+interface WsReceiver {
+  on(event: "message", fn: (data: Uint8Array, isBinary: boolean) => void): void;
+  on(event: "error", fn: (err: Error) => void): void;
+  write(bytes: Uint8Array, cb: (err?: Error | null) => void): void;
+}
+const { Receiver } = (await loadWs()) as unknown as {
+  Receiver: new (o: { isServer: boolean; binaryType: string; maxPayload: number }) => WsReceiver;
+};
 
 const P = suite("protocol");
 
@@ -179,6 +192,46 @@ P("dialUrl() and formatAddress()", () => {
   assert.is(dialUrl(parseAddress("ipc:///tmp/a.ipc")), "ws+unix:///tmp/a.ipc:/");
   assert.is(formatAddress(parseAddress("ws://h:1")), "tcp://h:1");
   assert.is(formatAddress(parseAddress("wss://h:1")), "wss://h:1");
+});
+
+/** What ws's own parser makes of `bytes`, as the server side (which requires masked frames) or the client side. */
+function wsParse(bytes: Uint8Array, isServer: boolean): Promise<{ messages: Uint8Array[]; error: string | undefined }> {
+  const receiver = new Receiver({ isServer, binaryType: "nodebuffer", maxPayload: 0 });
+  const messages: Uint8Array[] = [];
+  receiver.on("message", (data: Uint8Array, isBinary: boolean) => {
+    assert.ok(isBinary);
+    messages.push(data);
+  });
+  receiver.on("error", () => {}); // also given to the write's callback
+  return new Promise((resolve) => receiver.write(bytes, (err) => resolve({ messages, error: err?.message })));
+}
+
+P("wsMessage() wraps a frame in a WebSocket message that ws parses, in place, for either side", async () => {
+  const slab = new FrameSlab();
+  // Sizes for each length form: 7-bit, 16-bit, 64-bit (a batch larger than 64 KiB).
+  const frames = [
+    encodeEvents(1, 3, ["t", new Uint8Array(10).fill(1)], slab),
+    encodeEvents(2, 3, ["t", new Uint8Array(300).fill(2)], slab),
+    encodeEvents(3, 3, ["t", new Uint8Array(3000).fill(3), "u", new Uint8Array(3000).fill(4)], slab),
+    encodeEvents(4, 3, Array.from({ length: 40 }, (_, i) => [`t${i}`, new Uint8Array(2000).fill(i)]).flat()),
+  ] as Uint8Array[];
+  assert.ok(frames[3]!.byteLength > 0x10000);
+  for (const masked of [true, false]) {
+    const copies = frames.map((f) => Uint8Array.from(f));
+    for (const [i, frame] of frames.entries()) {
+      const msg = wsMessage(frame, masked);
+      assert.is(msg.buffer, frame.buffer, "the header goes into the room before the frame: no copy");
+      assert.is(msg.byteOffset + msg.byteLength, frame.byteOffset + frame.byteLength);
+      const { messages, error } = await wsParse(msg, masked);
+      assert.is(error, undefined, `frame ${i}, masked ${masked}`);
+      assert.is(messages.length, 1);
+      assert.equal(new Uint8Array(messages[0]!), copies[i], `frame ${i}, masked ${masked}`);
+      // ws refuses a client frame without the mask bit, and a server frame with it.
+      assert.match((await wsParse(msg, !masked)).error ?? "", /MASK must be/, `frame ${i}, masked ${masked}, wrong side`);
+    }
+    // Writing one frame's header left the other frames of the slab as they were.
+    for (const [i, frame] of frames.entries()) assert.equal(Uint8Array.from(frame), copies[i], `frame ${i} after all headers`);
+  }
 });
 
 P.run();

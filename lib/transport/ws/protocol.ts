@@ -187,17 +187,65 @@ export class FrameSlab {
   #slab: Uint8Array = new Uint8Array(0);
   #used = 0;
 
-  /** `size` bytes, not zero-filled. */
+  /** `size` bytes, not zero-filled, with {@link WS_HEADROOM} bytes of their own before them. */
   alloc(size: number): Uint8Array {
-    if (size > FrameSlab.MAX_FRAME) return Buffer.allocUnsafeSlow(size);
-    if (this.#used + size > this.#slab.byteLength) {
+    if (size > FrameSlab.MAX_FRAME) return allocFrame(size);
+    const start = this.#used + WS_HEADROOM;
+    if (start + size > this.#slab.byteLength) {
       this.#slab = Buffer.allocUnsafeSlow(FrameSlab.BYTES);
       this.#used = 0;
+      return this.alloc(size);
     }
-    const b = this.#slab.subarray(this.#used, this.#used + size);
-    this.#used += size;
-    return b;
+    this.#used = start + size;
+    return this.#slab.subarray(start, start + size);
   }
+}
+
+/**
+ * Room kept free before every frame {@link encodeEvents} returns as one buffer: the longest
+ * WebSocket header of a masked binary message (2 + 8 length bytes + 4 mask bytes), which
+ * {@link wsMessage} writes there, so a frame goes to the socket as one buffer without a copy.
+ */
+export const WS_HEADROOM = 14;
+
+/** A buffer of its own for a frame of `size` bytes, with {@link WS_HEADROOM} before it. */
+function allocFrame(size: number): Uint8Array {
+  return Buffer.allocUnsafeSlow(WS_HEADROOM + size).subarray(WS_HEADROOM);
+}
+
+/**
+ * A complete WebSocket message (one unfragmented binary frame) holding `frame`: its header is
+ * written into the {@link WS_HEADROOM} bytes before `frame`, which only {@link encodeEvents}
+ * guarantees. `masked` (a dialer's frames, RFC 6455 §5.3) sets the mask bit with an all-zero key,
+ * so the payload is sent as is; a receiver skips unmasking for that key, as it does for the mesh's
+ * frames sent through ws with a zero `generateMask`.
+ *
+ * Writing this to the socket is what `ws.send` does for a binary message, minus its head and data
+ * going out as two buffers (a writev through Node's stream machinery) and its per-send options.
+ *
+ * @example
+ * ```ts
+ * socket.write(wsMessage(encodeEvents(seq, nodeId, ["topic", payload], slab) as Uint8Array, true));
+ * ```
+ */
+export function wsMessage(frame: Uint8Array, masked: boolean): Buffer {
+  const n = frame.byteLength;
+  const lenBytes = n < 126 ? 0 : n < 0x10000 ? 2 : 8;
+  const start = frame.byteOffset - 2 - lenBytes - (masked ? 4 : 0);
+  const out = Buffer.from(frame.buffer, start, frame.byteOffset + n - start);
+  out[0] = 0x82; // FIN, binary
+  const m = masked ? 0x80 : 0;
+  if (lenBytes === 0) out[1] = m | n;
+  else if (lenBytes === 2) {
+    out[1] = m | 126;
+    out.writeUInt16BE(n, 2);
+  } else {
+    out[1] = m | 127;
+    out.writeUInt32BE(Math.floor(n / 0x100000000), 2);
+    out.writeUInt32BE(n >>> 0, 6);
+  }
+  if (masked) out.writeUInt32BE(0, 2 + lenBytes);
+  return out;
 }
 
 /** Payloads at least this large are sent as a WebSocket fragment of their own, not copied into the frame. */
@@ -206,7 +254,8 @@ export const LARGE_PAYLOAD = 64 * 1024;
 /**
  * Encode a frame of events: an EVENT frame for one, a BATCH frame for several. `items` is topic,
  * payload, topic, payload, ...; `seq` is the first event's sequence number. With `slab`, a small
- * frame is a piece of the peer's slab (see {@link FrameSlab}); without, a buffer of its own.
+ * frame is a piece of the peer's slab (see {@link FrameSlab}); without, a buffer of its own. Either
+ * way {@link WS_HEADROOM} bytes before it are free for {@link wsMessage}.
  *
  * @returns One buffer; or, for a single event whose payload is at least {@link LARGE_PAYLOAD}
  *   bytes, the frame's head and the payload itself, to be sent as two fragments of one message
@@ -228,7 +277,7 @@ export function encodeEvents(
     size += topicItem(items[i] as string).byteLength + headSize(len) + len;
   }
   // Not zero-filled: every byte is written below (a fresh zeroed buffer costs ~1 ms per MiB).
-  const buf = slab ? slab.alloc(size) : Buffer.allocUnsafeSlow(size);
+  const buf = slab ? slab.alloc(size) : allocFrame(size);
   buf[0] = n === 1 ? 0x85 : 0x84;
   buf[1] = n === 1 ? FRAME_EVENT : FRAME_BATCH;
   let pos = writeHead(buf, 2, 0, seq);
