@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { cborCodec, checkCbor, createCborCodec, LARGE_TYPED_ARRAY, nativeCbor } from "../lib/codec.ts";
@@ -103,7 +104,7 @@ C("cbor-x runs pure JS on Deno (its native addon crashes Deno)", () => {
 // decode exactly as cbor-x's own encoding does, on a decoder that knows nothing of the trick.
 // cbor-x is imported after lib/codec.ts has loaded it: a static import could load it first, with
 // its native addon on Deno.
-const { Decoder } = await import("cbor-x");
+const { Decoder, Encoder } = await import("cbor-x");
 const plainDecoder = new Decoder({ mapsAsObjects: true, useRecords: false } as ConstructorParameters<typeof Decoder>[0]);
 
 function large<T>(make: (n: number) => T, bytesPer: number): T {
@@ -142,6 +143,53 @@ C("large typed arrays of every class decode as cbor-x's encoding does, alone and
       assert.equal(cborCodec.decode(bytes), v, name);
     }
   }
+});
+
+C("argument lists of small typed arrays are written as the same bytes cbor-x writes", () => {
+  const options = { useRecords: false, mapsAsObjects: true, useTag259ForMaps: true };
+  const byte = (n: number) => Array.from({ length: n }, (_, i) => (i * 37) & 255);
+  const backing = new Uint8Array(byte(4096)).buffer;
+  // Lengths around each byte-string head size (1, 2 and 3 bytes), odd offsets, every class.
+  const arrays: ArrayBufferView[] = [
+    new Uint8Array(0), new Uint8Array(byte(23)), new Uint8Array(byte(24)), new Uint8Array(byte(255)),
+    new Uint8Array(byte(256)), new Uint8Array(backing, 3, 1000), new Uint8ClampedArray(byte(5)),
+    new Int8Array([-1, 2]), new Uint16Array([1, 65535]), new Int16Array([-2, 3]), new Uint32Array([4e9]),
+    new Int32Array([-5]), new Float32Array([1.5, -0, NaN]), new Float64Array([Math.PI]),
+    new BigInt64Array([-7n]), new BigUint64Array([2n ** 63n]),
+    new Float32Array(backing, 4, 16), new Uint8Array(LARGE_TYPED_ARRAY - 1),
+  ];
+  const lists: ArrayBufferView[][] = [
+    ...arrays.map((a) => [a]),
+    arrays.slice(0, 8),
+    [new Float32Array([1]), new Uint8Array([2]), new Float64Array([3])],
+  ];
+  for (const tagUint8Array of [true, false]) {
+    const codec = createCborCodec({ tagUint8Array });
+    const reference = new Encoder({ ...options, tagUint8Array } as ConstructorParameters<typeof Encoder>[0]);
+    for (const list of lists) {
+      const what = `${list.map((a) => `${a.constructor.name}(${a.byteLength})`).join(", ")} tagUint8Array ${tagUint8Array}`;
+      const bytes = codec.encode(list);
+      assert.equal([...bytes], [...reference.encode(list)], what);
+      const back = codec.decode(bytes) as ArrayBufferView[];
+      back.forEach((b, i) => {
+        if (tagUint8Array || list[i]!.constructor !== Uint8Array) assert.is(b.constructor, list[i]!.constructor, what);
+        assert.equal([...new Uint8Array(b.buffer, b.byteOffset, b.byteLength)], [...new Uint8Array(list[i]!.buffer, list[i]!.byteOffset, list[i]!.byteLength)], what);
+      });
+    }
+  }
+  // What is not such a list is cbor-x's to encode: a Buffer, a DataView, nine arrays, a number
+  // among arrays, an empty list.
+  const reference = new Encoder({ ...options, tagUint8Array: true } as ConstructorParameters<typeof Encoder>[0]);
+  const others: unknown[] = [
+    [Buffer.from([1, 2])], [new DataView(new ArrayBuffer(4))], Array.from({ length: 9 }, () => new Uint8Array([9])),
+    [new Uint8Array([1]), 2], [],
+  ];
+  for (const v of others) assert.equal([...cborCodec.encode(v)], [...reference.encode(v)]);
+  // Encoded bytes stay as they were when later encodes follow (results are carved, not reused).
+  const first = cborCodec.encode([new Uint8Array([7, 7, 7])]);
+  const copy = [...first];
+  for (let i = 0; i < 50_000; i++) cborCodec.encode([new Uint8Array(8).fill(i & 255)]);
+  assert.equal([...first], copy);
 });
 
 C("a large typed array is copied at encode: changing it afterwards does not change what was encoded", () => {
