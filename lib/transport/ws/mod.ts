@@ -97,7 +97,7 @@ export interface WsMeshOptions {
 interface Link {
   ws: WebSocket;
   /** The connection under `ws`: single-buffer event frames are written to it directly (see sendFrame). */
-  socket: Duplex;
+  socket: Duplex | undefined;
   dialed: boolean;
   /** Set by the peer's HELLO. */
   hello: HelloFrame | undefined;
@@ -166,14 +166,14 @@ const MAX_PENDING_LINKS = 256;
  * socket as one complete WebSocket message in one write; ws would write its header and the data as
  * two buffers (a writev), which costs about 1 µs more per message. ws writes whole frames
  * synchronously (no compression, no Blob data here), so its own frames (pings, close) never split
- * ours. Once ws is no longer open, ws.send decides, as before.
+ * ours. Once ws is no longer open (or where its socket was not seen), ws.send decides, as before.
  */
 function sendFrame(link: Link, frame: Uint8Array | [Uint8Array, Uint8Array]): void {
   const ws = link.ws;
   if (Array.isArray(frame)) {
     ws.send(frame[0], { binary: true, fin: false });
     ws.send(frame[1], { binary: true, fin: true });
-  } else if (ws.readyState === WebSocket.OPEN) link.socket.write(wsMessage(frame, link.dialed));
+  } else if (ws.readyState === WebSocket.OPEN && link.socket) link.socket.write(wsMessage(frame, link.dialed));
   else ws.send(frame);
 }
 
@@ -478,7 +478,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       ws.once("upgrade", (res) => (socket = res.socket));
       ws.once("open", () => {
         opened = true;
-        const link = this.#adopt(ws, socket!, true);
+        const link = this.#adopt(ws, socket, true);
         link.onReady = (err) => (err ? reject(err) : resolve(link));
       });
       ws.on("error", (err) => {
@@ -487,7 +487,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     });
   }
 
-  #adopt(ws: WebSocket, socket: Duplex, dialed: boolean): Link {
+  #adopt(ws: WebSocket, socket: Duplex | undefined, dialed: boolean): Link {
     const link: Link = {
       ws,
       socket,
