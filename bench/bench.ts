@@ -6,7 +6,8 @@
 // Options:
 //   --quick             short run (CI smoke); writes no result files unless --json is given
 //   --json <path>       write the results as JSON to <path> (and the chart next to it, .svg)
-//   --both              also run every test on the other runtime (Node and Deno in one run)
+//   --both              also run every test on the other runtime (Node and Deno in one run,
+//                       taking turns within each repetition of each test)
 //   --only a,b          run only these tests: s64 s1k s64k s4m rtt mesh4 launch slow
 //   --repeat <n>        run each stream, round-trip and 4-node test n times in fresh processes and
 //                       report the medians (default 3; 1 with --quick)

@@ -621,30 +621,45 @@ function progress(msg: string): void {
 /** What `bothSides` keeps of a side: its median run, plus every run's figure in `samples`. */
 type Repeated<T> = T & { samples?: number[] };
 
+/** One runtime's part of a run: its children's runtime, its results so far, its problems. */
+interface Suite {
+  name: RuntimeName;
+  rt: Runtime;
+  raw: RunResult["raw"];
+  background: Record<string, number | null>;
+  errors: string[];
+}
+
 /**
- * Measure bare ws and the mesh `n` times each, every time in fresh processes and alternating the
- * sides, so that a slow spell of the machine (or a process that drew an unlucky heap layout) does
- * not decide a ratio alone. Each side keeps its median run by `key`; `samples` lists every run's
- * `key` in order. A failed run is reported in `errors` and left out of the median.
+ * Measure bare ws and the mesh `n` times each on every runtime of `suites`, every time in fresh
+ * processes, alternating the sides and (with --both) the runtimes within each repetition, so that
+ * a slow spell of the machine (or a process that drew an unlucky heap layout) decides neither a
+ * mesh/bare ratio nor a Deno/Node ratio alone. Each side keeps its median run by `key`; `samples`
+ * lists every run's `key` in order. A failed run is reported in its suite's `errors` and left out
+ * of the median.
  */
 async function bothSides<T extends object>(
   n: number,
   label: string,
-  errors: string[],
-  measure: (side: Side) => Promise<T>,
+  suites: Suite[],
+  measure: (rt: Runtime, side: Side) => Promise<T>,
   f: { key: (r: T) => number; show: (r: T) => string },
-): Promise<{ bare: Repeated<T> | null; mesh: Repeated<T> | null }> {
-  const runs: Record<Side, T[]> = { bare: [], mesh: [] };
+): Promise<Array<{ bare: Repeated<T> | null; mesh: Repeated<T> | null }>> {
+  const runs = suites.map(() => ({ bare: [] as T[], mesh: [] as T[] }));
   for (let i = 0; i < n; i++) {
-    progress(`  ${label}${n > 1 ? ` [${i + 1}/${n}]` : ""}:`);
-    for (const side of ["bare", "mesh"] as const) {
-      progress(` ${side} `);
-      const r = await attempt(`${label} (${side})`, errors, () => measure(side));
-      if (r) runs[side].push(r);
-      progress(r ? f.show(r) : "failed");
-      if (side === "bare") progress(" ·");
+    for (const [k, suite] of suites.entries()) {
+      background = suite.background;
+      const which = suites.length > 1 ? ` (${suite.name})` : "";
+      progress(`  ${label}${which}${n > 1 ? ` [${i + 1}/${n}]` : ""}:`);
+      for (const side of ["bare", "mesh"] as const) {
+        progress(` ${side} `);
+        const r = await attempt(`${label} (${side})`, suite.errors, () => measure(suite.rt, side));
+        if (r) runs[k]![side].push(r);
+        progress(r ? f.show(r) : "failed");
+        if (side === "bare") progress(" ·");
+      }
+      progress("\n");
     }
-    progress("\n");
   }
   const pick = (rs: T[]): Repeated<T> | null => {
     const ok = rs.filter((r) => Number.isFinite(f.key(r)));
@@ -652,72 +667,90 @@ async function bothSides<T extends object>(
     const mid = [...ok].sort((a, b) => f.key(a) - f.key(b))[(ok.length - 1) >> 1]!;
     return { ...mid, samples: rs.map(f.key) };
   };
-  return { bare: pick(runs.bare), mesh: pick(runs.mesh) };
+  return runs.map((r) => ({ bare: pick(r.bare), mesh: pick(r.mesh) }));
 }
 
-async function runSuite(name: RuntimeName, opts: Options, p: Plan): Promise<RunResult> {
-  const rt = runtimeOf(name, opts);
+/** Run every test on each runtime of `names`, the runtimes taking turns within each test. */
+async function runSuites(names: RuntimeName[], opts: Options, p: Plan): Promise<RunResult[]> {
   const want = (id: string) => !opts.only || opts.only.has(id);
-  const errors: string[] = [];
   const t0 = Date.now();
-  progress(`\n== ${name}: ${rt.cmd} ${rt.args.join(" ")}\n`);
-  const info = await attempt("info", errors, () =>
-    withChildren(rt, opts, async (sp) => {
-      const c = sp("info", "info", {});
-      const r = await c.next("info", 30_000);
-      delete (r as { type?: string }).type;
-      return r as Record<string, unknown>;
-    }));
-  background = {};
-  const raw: RunResult["raw"] = { streams: {}, background };
+  const suites: Suite[] = [];
+  const infos: Array<Record<string, unknown> | null> = [];
+  for (const name of names) {
+    const rt = runtimeOf(name, opts);
+    progress(`\n== ${name}: ${rt.cmd} ${rt.args.join(" ")}\n`);
+    const suite: Suite = { name, rt, raw: { streams: {}, background: {} }, background: {}, errors: [] };
+    suite.raw.background = suite.background;
+    background = suite.background;
+    infos.push(
+      await attempt("info", suite.errors, () =>
+        withChildren(rt, opts, async (sp) => {
+          const c = sp("info", "info", {});
+          const r = await c.next("info", 30_000);
+          delete (r as { type?: string }).type;
+          return r as Record<string, unknown>;
+        })),
+    );
+    suites.push(suite);
+  }
+  if (names.length > 1) progress(`\n== ${names.join(" and ")}, taking turns in every repetition\n`);
   let first = true;
   for (const st of p.streams) {
     if (!want(st.id)) continue;
     const idleMs = first ? p.idleMs : 0;
-    const pair = await bothSides(p.repeat, st.label, errors, (side) => streamTest(rt, opts, side, st.spec, idleMs), {
+    const pairs = await bothSides(p.repeat, st.label, suites, (rt, side) => streamTest(rt, opts, side, st.spec, idleMs), {
       key: (r) => r.perSec ?? NaN,
       show: (r) => `${fmtNum(r.perSec)} ev/s, ${fmtNum(r.mbPerSec)} MB/s`,
     });
     first = false;
-    raw.streams[st.id] = { label: st.label, size: st.spec.size, bare: pair.bare, mesh: pair.mesh };
+    pairs.forEach((pair, k) => {
+      suites[k]!.raw.streams[st.id] = { label: st.label, size: st.spec.size, bare: pair.bare, mesh: pair.mesh };
+    });
   }
   if (want("rtt")) {
-    raw.rtt = await bothSides(p.repeat, "round trip 64 B", errors, (side) => rttTest(rt, opts, side, p.rtt), {
+    const pairs = await bothSides(p.repeat, "round trip 64 B", suites, (rt, side) => rttTest(rt, opts, side, p.rtt), {
       key: (r) => r.p50,
       show: (r) => `p50 ${r.p50.toFixed(1)} µs, p99 ${r.p99.toFixed(1)} µs`,
     });
+    pairs.forEach((pair, k) => (suites[k]!.raw.rtt = pair));
   }
   if (want("mesh4")) {
-    raw.mesh4 = await bothSides(p.repeat, "4 nodes broadcasting 64 B", errors, (side) => mesh4Test(rt, opts, side, p.mesh4), {
+    const pairs = await bothSides(p.repeat, "4 nodes broadcasting 64 B", suites, (rt, side) => mesh4Test(rt, opts, side, p.mesh4), {
       key: (r) => r.perSec,
       show: (r) => `${fmtNum(r.perSec)} delivered ev/s`,
     });
+    pairs.forEach((pair, k) => (suites[k]!.raw.mesh4 = pair));
   }
-  if (want("launch")) {
-    progress(`  Parallel.runner, ${p.launch.n} workers (x${p.launch.repeat})... `);
-    raw.launch = await attempt("launch", errors, () => launchTest(rt, opts, p.launch));
-    progress(raw.launch ? `${raw.launch.runs.map((v) => v.toFixed(0)).join(", ")} ms\n` : "failed\n");
-  }
-  if (want("slow")) {
-    raw.slow = { bare: null, mesh: null };
-    for (const side of ["bare", "mesh"] as const) {
-      progress(`  slow receiver, ${side}... `);
-      raw.slow[side] = await attempt(`slow receiver (${side})`, errors, () => slowTest(rt, opts, side, p.slow));
-      const r = raw.slow[side];
-      progress(r ? `sender RSS +${r.growth.toFixed(0)} MiB while sending ${r.sentMiB.toFixed(0)} MiB\n` : "failed\n");
+  for (const suite of suites) {
+    background = suite.background;
+    const { rt, raw, errors } = suite;
+    const which = suites.length > 1 ? ` (${suite.name})` : "";
+    if (want("launch")) {
+      progress(`  Parallel.runner, ${p.launch.n} workers${which} (x${p.launch.repeat})... `);
+      raw.launch = await attempt("launch", errors, () => launchTest(rt, opts, p.launch));
+      progress(raw.launch ? `${raw.launch.runs.map((v) => v.toFixed(0)).join(", ")} ms\n` : "failed\n");
+    }
+    if (want("slow")) {
+      raw.slow = { bare: null, mesh: null };
+      for (const side of ["bare", "mesh"] as const) {
+        progress(`  slow receiver${which}, ${side}... `);
+        raw.slow[side] = await attempt(`slow receiver (${side})`, errors, () => slowTest(rt, opts, side, p.slow));
+        const r = raw.slow[side];
+        progress(r ? `sender RSS +${r.growth.toFixed(0)} MiB while sending ${r.sentMiB.toFixed(0)} MiB\n` : "failed\n");
+      }
     }
   }
   const killed = await killAll();
-  if (killed > 0) errors.push(`${killed} stray process(es) had to be killed`);
-  return {
-    runtime: name,
+  if (killed > 0) suites[0]!.errors.push(`${killed} stray process(es) had to be killed`);
+  return suites.map((suite, k) => ({
+    runtime: suite.name,
     date: new Date().toISOString(),
     seconds: (Date.now() - t0) / 1000,
-    info: info ?? {},
-    raw,
+    info: infos[k] ?? {},
+    raw: suite.raw,
     metrics: [] as Metric[],
-    errors,
-  };
+    errors: suite.errors,
+  }));
 }
 
 export function fmtNum(v: number | null | undefined): string {
@@ -820,8 +853,7 @@ export async function main(argv: string[]): Promise<number> {
   const runtimes: RuntimeName[] = opts.both ? [current, current === "node" ? "deno" : "node"] : [current];
   const runs: RunResult[] = [];
   try {
-    for (const name of runtimes) {
-      const r = await runSuite(name, opts, p);
+    for (const r of await runSuites(runtimes, opts, p)) {
       r.metrics = buildMetrics(r);
       runs.push(r);
     }
