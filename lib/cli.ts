@@ -538,14 +538,16 @@ function describeLaunch(target: MainTarget, o: ParallelOptions, platform: string
   const parts = [`${n} worker${n === 1 ? "" : "s"} (node${n === 1 ? "" : "s"} ${nodeIds.join(", ")})`];
   // Over Redis there is no topology and no address of our own: every node talks through the server.
   if (redisAt !== undefined) parts.push(`through Redis at ${redisAt}`);
-  else parts.push(`${o.topology} over ${o.protocol}`);
-  if (redisAt === undefined && o.protocol === "tcp") {
-    const ports = o.ports === undefined
-      ? "free ports"
-      : `port${Array.isArray(o.ports) && o.ports.length > 1 ? "s" : ""} ${[o.ports].flat().join(", ")}`;
-    parts.push(`on ${o.address ?? "127.0.0.1"} ${ports}`);
+  else {
+    parts.push(`${o.topology} over ${o.protocol}`);
+    if (o.protocol === "tcp") {
+      const ports = o.ports === undefined
+        ? "free ports"
+        : `port${Array.isArray(o.ports) && o.ports.length > 1 ? "s" : ""} ${[o.ports].flat().join(", ")}`;
+      parts.push(`on ${o.address ?? "127.0.0.1"} ${ports}`);
+    }
+    if (o.attachTo !== undefined && o.attachTo.length > 0) parts.push(`attached to ${o.attachTo.join(", ")}`);
   }
-  if (redisAt === undefined && o.attachTo !== undefined && o.attachTo.length > 0) parts.push(`attached to ${o.attachTo.join(", ")}`);
   if (o.labels !== undefined && [...o.labels].length > 0) parts.push(`labels ${[...o.labels].join(", ")}`);
   if (platform !== undefined) parts.push(`from ${platform}`);
   return `ditask: running ${target.spec} (${target.file}): ${parts.join(", ")}`;

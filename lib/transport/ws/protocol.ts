@@ -190,11 +190,10 @@ export class FrameSlab {
   /** `size` bytes, not zero-filled, with {@link WS_HEADROOM} bytes of their own before them. */
   alloc(size: number): Uint8Array {
     if (size > FrameSlab.MAX_FRAME) return allocFrame(size);
-    const start = this.#used + WS_HEADROOM;
+    let start = this.#used + WS_HEADROOM;
     if (start + size > this.#slab.byteLength) {
       this.#slab = Buffer.allocUnsafeSlow(FrameSlab.BYTES);
-      this.#used = 0;
-      return this.alloc(size);
+      start = WS_HEADROOM;
     }
     this.#used = start + size;
     return this.#slab.subarray(start, start + size);
