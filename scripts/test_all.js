@@ -33,8 +33,8 @@ function step(label, cmd, args, { count = false, env = {} } = {}) {
 
 const only = process.argv[2]; // "node" or "deno" to run one runtime only
 const typed = step("type-check and compile tests", bin("tsc"), ["-p", "tsconfig.test.json"]);
-step("build dist", bin("tsc"), ["-p", "tsconfig.json"]);
-step("bundle dist (the npm package's entry and bin)", process.execPath, ["scripts/bundle.js"]);
+// The package's own build (tsc, then the bundle the npm entry and bin point at), not a copy of it.
+step("build dist", "npm", ["run", "--silent", "build"]);
 if (typed || existsSync(join(root, ".test-dist/tests/run.js"))) {
   if (only !== "deno") step("uvu suites on Node", process.execPath, [".test-dist/tests/run.js"], { count: true });
 }
