@@ -569,8 +569,6 @@ function runtimeOf(name: RuntimeName, opts: Options): Runtime {
   return { name, cmd, args: ["run", "-A", join(ROOT, "bench", "bench.ts")] };
 }
 
-/** Per test: the share of the machine's CPU that other processes used meanwhile (0-1). */
-let background: Record<string, number | null> = {};
 /** --wait-quiet: wait up to this many seconds before each test for the machine to be quiet. */
 let waitQuietS = 0;
 
@@ -594,7 +592,12 @@ async function waitQuiet(): Promise<void> {
   }
 }
 
-async function attempt<T>(label: string, errors: string[], fn: () => Promise<T>): Promise<T | null> {
+/**
+ * Run one measurement of `suite`'s runtime: a failure goes into its errors; the share of the
+ * machine's CPU that other processes used meanwhile (0-1) into its `raw.background`, by label.
+ */
+async function attempt<T>(label: string, suite: Suite, fn: () => Promise<T>): Promise<T | null> {
+  const background = (suite.raw.background ??= {});
   if (label !== "info") await waitQuiet();
   lastBackground = null;
   try {
@@ -608,7 +611,7 @@ async function attempt<T>(label: string, errors: string[], fn: () => Promise<T>)
     return r;
   } catch (err) {
     const msg = `${label}: ${(err as Error).message}`;
-    errors.push(msg);
+    suite.errors.push(msg);
     process.stderr.write(`  ! ${msg}\n`);
     return null;
   }
@@ -625,8 +628,8 @@ type Repeated<T> = T & { samples?: number[] };
 interface Suite {
   name: RuntimeName;
   rt: Runtime;
+  /** Its results so far; `raw.background` is filled by {@link attempt}. */
   raw: RunResult["raw"];
-  background: Record<string, number | null>;
   errors: string[];
 }
 
@@ -648,12 +651,11 @@ async function bothSides<T extends object>(
   const runs = suites.map(() => ({ bare: [] as T[], mesh: [] as T[] }));
   for (let i = 0; i < n; i++) {
     for (const [k, suite] of suites.entries()) {
-      background = suite.background;
       const which = suites.length > 1 ? ` (${suite.name})` : "";
       progress(`  ${label}${which}${n > 1 ? ` [${i + 1}/${n}]` : ""}:`);
       for (const side of ["bare", "mesh"] as const) {
         progress(` ${side} `);
-        const r = await attempt(`${label} (${side})`, suite.errors, () => measure(suite.rt, side));
+        const r = await attempt(`${label} (${side})`, suite, () => measure(suite.rt, side));
         if (r) runs[k]![side].push(r);
         progress(r ? f.show(r) : "failed");
         if (side === "bare") progress(" ·");
@@ -679,11 +681,9 @@ async function runSuites(names: RuntimeName[], opts: Options, p: Plan): Promise<
   for (const name of names) {
     const rt = runtimeOf(name, opts);
     progress(`\n== ${name}: ${rt.cmd} ${rt.args.join(" ")}\n`);
-    const suite: Suite = { name, rt, raw: { streams: {}, background: {} }, background: {}, errors: [] };
-    suite.raw.background = suite.background;
-    background = suite.background;
+    const suite: Suite = { name, rt, raw: { streams: {}, background: {} }, errors: [] };
     infos.push(
-      await attempt("info", suite.errors, () =>
+      await attempt("info", suite, () =>
         withChildren(rt, opts, async (sp) => {
           const c = sp("info", "info", {});
           const r = await c.next("info", 30_000);
@@ -722,19 +722,18 @@ async function runSuites(names: RuntimeName[], opts: Options, p: Plan): Promise<
     pairs.forEach((pair, k) => (suites[k]!.raw.mesh4 = pair));
   }
   for (const suite of suites) {
-    background = suite.background;
-    const { rt, raw, errors } = suite;
+    const { rt, raw } = suite;
     const which = suites.length > 1 ? ` (${suite.name})` : "";
     if (want("launch")) {
       progress(`  Parallel.runner, ${p.launch.n} workers${which} (x${p.launch.repeat})... `);
-      raw.launch = await attempt("launch", errors, () => launchTest(rt, opts, p.launch));
+      raw.launch = await attempt("launch", suite, () => launchTest(rt, opts, p.launch));
       progress(raw.launch ? `${raw.launch.runs.map((v) => v.toFixed(0)).join(", ")} ms\n` : "failed\n");
     }
     if (want("slow")) {
       raw.slow = { bare: null, mesh: null };
       for (const side of ["bare", "mesh"] as const) {
         progress(`  slow receiver${which}, ${side}... `);
-        raw.slow[side] = await attempt(`slow receiver (${side})`, errors, () => slowTest(rt, opts, side, p.slow));
+        raw.slow[side] = await attempt(`slow receiver (${side})`, suite, () => slowTest(rt, opts, side, p.slow));
         const r = raw.slow[side];
         progress(r ? `sender RSS +${r.growth.toFixed(0)} MiB while sending ${r.sentMiB.toFixed(0)} MiB\n` : "failed\n");
       }
