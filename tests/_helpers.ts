@@ -94,6 +94,11 @@ export function startScript(script: string, args: string[] = [], options: Script
   return { child, done };
 }
 
+/** A finished script's exit and output, for assertion messages. */
+export function show(r: RunResult): string {
+  return `exit ${r.code}${r.signal ? ` (${r.signal})` : ""}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
+}
+
 /** Run a script of this runtime to completion (see {@link startScript}). */
 export function runScript(script: string, args: string[] = [], options: ScriptOptions = {}): Promise<RunResult> {
   return startScript(script, args, options).done;

@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ext, freePort, killAll, type RunResult, runtimeKey, type ScriptOptions, startScript } from "./_helpers.ts";
+import { ext, freePort, killAll, type RunResult, runtimeKey, type ScriptOptions, show, startScript } from "./_helpers.ts";
 import { redisServerPath, startRedis } from "./_redis.ts";
 
 /** The CLI of this runtime's tree. */
@@ -37,10 +37,6 @@ function startCli(args: string[], options: ScriptOptions = {}): { child: ChildPr
 
 function lines(text: string): string[] {
   return text.split("\n").map((l) => l.trimEnd()).filter((l) => l !== "");
-}
-
-function show(r: CliResult): string {
-  return `exit ${r.code}${r.signal ? ` (${r.signal})` : ""}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
 }
 
 

@@ -8,17 +8,13 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { killAll, repoRoot, type RunResult, startScript } from "./_helpers.ts";
+import { killAll, repoRoot, type RunResult, show, startScript } from "./_helpers.ts";
 import * as mod from "../mod.ts";
 
 const P = suite("npm package");
 const root = repoRoot();
 const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 let project = "";
-
-function show(r: RunResult): string {
-  return `exit ${r.code}${r.signal ? ` (${r.signal})` : ""}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
-}
 
 /** Run `file` (relative to the temporary project) with Node, killed by PID after 30 s. */
 function runNode(file: string, args: string[] = []): Promise<RunResult> {
