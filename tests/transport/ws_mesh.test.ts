@@ -2,7 +2,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
-import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_EVENT, FRAME_HELLO, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_EVENT, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
 import { until } from "../_helpers.ts";
 import { defineTransportContract } from "./contract.ts";
 
@@ -86,6 +86,35 @@ F("replies published while a received frame is delivered go out together, in one
     assert.is(frames.length, 1, `the echoes came in ${frames.length} frames`);
     assert.equal(frames[0]!.items.filter((_, i) => i % 2 === 1).map((p) => (p as Uint8Array)[0]), Array.from({ length: 20 }, (_, i) => i));
     assert.is(frames[0]!.seq, 1);
+  } finally {
+    await close();
+  }
+});
+
+F("small frames (one socket write) and large events (ws fragments) keep their order, both ways", async () => {
+  // Node 1 dials node 0: each direction is tested, the dialer's masked frames and the acceptor's.
+  const { nodes, close } = await meshCluster(2);
+  try {
+    const N = 60;
+    const size = (i: number) => (i % 3 === 1 ? LARGE_PAYLOAD + 4 : 8);
+    const got: Array<Array<[number, number]>> = [[], []];
+    for (const t of nodes) {
+      t.subscribe("seq");
+      t.onMessage((m) => got[t.nodeId]!.push([new DataView(m.payload.buffer, m.payload.byteOffset).getUint32(0), m.payload.byteLength]));
+    }
+    for (let i = 0; i < N; i++) {
+      for (const t of nodes) {
+        const b = new Uint8Array(size(i));
+        new DataView(b.buffer).setUint32(0, i);
+        t.publish("seq", b);
+      }
+      // Some events alone in their tick (sent at once), some several to a tick (one frame).
+      if (i % 4 === 3) await new Promise((r) => setImmediate(r));
+    }
+    await until(() => got[0]!.length >= N && got[1]!.length >= N, "every event both ways");
+    const want = Array.from({ length: N }, (_, i) => [i, size(i)]);
+    assert.equal(got[0], want, "dialer to acceptor");
+    assert.equal(got[1], want, "acceptor to dialer");
   } finally {
     await close();
   }
