@@ -91,7 +91,7 @@ F("replies published while a received frame is delivered go out together, in one
   }
 });
 
-F("small frames (one socket write) and large events (ws fragments) keep their order, both ways", async () => {
+F("small frames (one socket write) and large events (head, then payload) keep their order, both ways", async () => {
   // Node 1 dials node 0: each direction is tested, the dialer's masked frames and the acceptor's.
   const { nodes, close } = await meshCluster(2);
   try {
