@@ -2,7 +2,7 @@ import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
-import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_EVENT, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_BATCH, FRAME_EVENT, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
 import { until } from "../_helpers.ts";
 import { defineTransportContract } from "./contract.ts";
 
@@ -116,6 +116,41 @@ F("small frames (one socket write) and large events (head, then payload) keep th
     assert.equal(got[0], want, "dialer to acceptor");
     assert.equal(got[1], want, "acceptor to dialer");
   } finally {
+    await close();
+  }
+});
+
+F("events frames go to the socket directly, not through ws.send, on either side of a link", async () => {
+  // What ws.send is asked to carry; the mesh's own writes bypass it. Without its socket (a link
+  // whose socket was not seen), every events frame would come through here and still arrive.
+  const send = WebSocket.prototype.send;
+  const viaWs: string[] = [];
+  WebSocket.prototype.send = function (this: WebSocket, data: unknown, ...rest: unknown[]) {
+    const b = data as Uint8Array;
+    const opts = rest[0] as { fin?: boolean } | undefined;
+    if (opts?.fin === false) viaWs.push("fragment");
+    else if (b instanceof Uint8Array && b.length > 1 && (b[1] === FRAME_EVENT || b[1] === FRAME_BATCH)) viaWs.push(`frame ${b[1]}`);
+    return (send as (...a: unknown[]) => void).call(this, data, ...rest);
+  } as typeof send;
+  const { nodes, close } = await meshCluster(2);
+  try {
+    const got = [0, 0];
+    for (const t of nodes) {
+      t.subscribe("x");
+      t.onMessage(() => got[t.nodeId]!++);
+    }
+    for (const t of nodes) {
+      t.publish("x", new Uint8Array(8)); // alone in its tick: an EVENT frame
+      await new Promise((r) => setImmediate(r));
+      t.publish("x", new Uint8Array(8)); // two in one tick: a BATCH frame
+      t.publish("x", new Uint8Array(8));
+      await new Promise((r) => setImmediate(r));
+      t.publish("x", new Uint8Array(LARGE_PAYLOAD)); // a head and a payload
+    }
+    await until(() => got[0] === 4 && got[1] === 4, "every event both ways");
+    assert.equal(viaWs, []);
+  } finally {
+    WebSocket.prototype.send = send;
     await close();
   }
 });
