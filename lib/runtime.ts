@@ -23,17 +23,6 @@ export const runtimeKey: "deno" | "node" = deno !== undefined ? "deno" : "node";
 const nodeRequire = deno ? undefined : createRequire(import.meta.url);
 
 /**
- * Whether a large message's head and payload go to a TCP socket as two separate writes (true), or
- * corked into one writev (false). Separate, a receiver that keeps up reads the payload as a chunk
- * of its own and ws hands it over without joining it to the bytes before it: on Node that took a
- * 64 KiB-event receiver from about 100 to 50 µs of CPU per event. Deno's `node:net` gives every
- * read a fresh 64 KiB buffer whatever it returns, so there the extra small read cost more than the
- * join it saved (receiver 91-99 -> 112-115 µs per event, a third more context switches): Deno
- * keeps one writev.
- */
-export const separateLargeWrites: boolean = deno === undefined;
-
-/**
  * Load `ws`. On Node through `require`, its CommonJS entry: for ws and cbor-x that takes about
  * half the time of an ESM import (no export scan of every CommonJS file; cbor-x's is one bundled
  * file), which counts eight times over when eight workers start at once on two cores. On Deno

@@ -20,7 +20,6 @@ import {
   dialUrl,
   formatAddress,
   FrameSlab,
-  wsFragments,
   wsMessage,
 } from "../lib/transport/ws/protocol.ts";
 import { loadWs } from "../lib/runtime.ts";
@@ -196,24 +195,15 @@ P("dialUrl() and formatAddress()", () => {
 });
 
 /** What ws's own parser makes of `bytes`, as the server side (which requires masked frames) or the client side. */
-/** What ws's Receiver makes of `chunks`, written in turn, as the side given. */
-async function wsParse<T = Uint8Array>(
-  bytes: Uint8Array | Uint8Array[],
-  isServer: boolean,
-  binaryType = "nodebuffer",
-): Promise<{ messages: T[]; error: string | undefined }> {
-  const receiver = new Receiver({ isServer, binaryType, maxPayload: 0 });
-  const messages: T[] = [];
+function wsParse(bytes: Uint8Array, isServer: boolean): Promise<{ messages: Uint8Array[]; error: string | undefined }> {
+  const receiver = new Receiver({ isServer, binaryType: "nodebuffer", maxPayload: 0 });
+  const messages: Uint8Array[] = [];
   receiver.on("message", (data: Uint8Array, isBinary: boolean) => {
     assert.ok(isBinary);
-    messages.push(data as T);
+    messages.push(data);
   });
   receiver.on("error", () => {}); // also given to the write's callback
-  let error: string | undefined;
-  for (const chunk of Array.isArray(bytes) ? bytes : [bytes]) {
-    error ??= await new Promise<string | undefined>((resolve) => receiver.write(chunk, (err) => resolve(err?.message)));
-  }
-  return { messages, error };
+  return new Promise((resolve) => receiver.write(bytes, (err) => resolve({ messages, error: err?.message })));
 }
 
 P("wsMessage() wraps a frame in a WebSocket message that ws parses, in place, for either side", async () => {
@@ -241,31 +231,6 @@ P("wsMessage() wraps a frame in a WebSocket message that ws parses, in place, fo
     }
     // Writing one frame's header left the other frames of the slab as they were.
     for (const [i, frame] of frames.entries()) assert.equal(Uint8Array.from(frame), copies[i], `frame ${i} after all headers`);
-  }
-});
-
-P("wsFragments() frames a split event's head so that head and payload, written in turn, are one message", async () => {
-  // A topic whose head is 7-bit long, and payloads at the split threshold and far above it.
-  for (const size of [LARGE_PAYLOAD, 4 * 1048576 + 4]) {
-    const payload = new Uint8Array(size).map((_, i) => i * 7);
-    const split = encodeEvents(9, 2, ["task.weights", payload]);
-    assert.ok(Array.isArray(split), "a payload this large is sent as a fragment of its own");
-    const [head, tail] = split as [Uint8Array, Uint8Array];
-    assert.is(tail, payload, "the payload is not copied");
-    const headCopy = Uint8Array.from(head);
-    for (const masked of [true, false]) {
-      const first = wsFragments(head, tail.byteLength, masked);
-      assert.is(first.buffer, head.buffer, "both headers go into the room around the head: no copy");
-      assert.equal(Uint8Array.from(head), headCopy, "the head itself is left as it was");
-      const { messages, error } = await wsParse<Uint8Array[]>([first, tail], masked, "fragments");
-      assert.is(error, undefined, `${size} bytes, masked ${masked}`);
-      assert.is(messages.length, 1, "one message");
-      assert.is(messages[0]!.length, 2, "of two fragments");
-      const f = parseFrame(messages[0]!);
-      assert.ok(typeof f !== "string" && f.kind === FRAME_EVENT, String(f));
-      assert.equal(f, { kind: FRAME_EVENT, seq: 9, from: 2, items: ["task.weights", payload] });
-      assert.match((await wsParse([first, tail], !masked)).error ?? "", /MASK must be/, `${size} bytes, masked ${masked}, wrong side`);
-    }
   }
 });
 

@@ -38,10 +38,9 @@ import {
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,
-  wsFragments,
   wsMessage,
 } from "./protocol.ts";
-import { loadWs, separateLargeWrites } from "../../runtime.ts";
+import { loadWs } from "../../runtime.ts";
 
 const { WebSocket, WebSocketServer } = await loadWs();
 type WebSocket = InstanceType<typeof WebSocket>;
@@ -165,28 +164,17 @@ const MAX_PENDING_LINKS = 256;
  * Send an events frame: one message, or a head and a payload as two fragments of one message.
  * A one-buffer frame (from encodeEvents, with room for the WebSocket header before it) goes to the
  * socket as one complete WebSocket message in one write; ws would write its header and the data as
- * two buffers (a writev), which costs about 1 µs more per message. A head and a large payload go
- * as the head with both fragments' headers around it, then the payload as it is: on Node as two
- * writes, so the receiver can read the payload as a chunk of its own (see separateLargeWrites),
- * on Deno corked into one writev. ws writes whole frames
+ * two buffers (a writev), which costs about 1 µs more per message. ws writes whole frames
  * synchronously (no compression, no Blob data here), so its own frames (pings, close) never split
  * ours. Once ws is no longer open (or where its socket was not seen), ws.send decides, as before.
  */
 function sendFrame(link: Link, frame: Uint8Array | [Uint8Array, Uint8Array]): void {
   const ws = link.ws;
-  const socket = ws.readyState === WebSocket.OPEN ? link.socket : undefined;
-  if (!Array.isArray(frame)) {
-    if (socket) socket.write(wsMessage(frame, link.dialed));
-    else ws.send(frame);
-  } else if (socket) {
-    if (!separateLargeWrites) socket.cork();
-    socket.write(wsFragments(frame[0], frame[1].byteLength, link.dialed));
-    socket.write(frame[1]);
-    if (!separateLargeWrites) socket.uncork();
-  } else {
+  if (Array.isArray(frame)) {
     ws.send(frame[0], { binary: true, fin: false });
     ws.send(frame[1], { binary: true, fin: true });
-  }
+  } else if (ws.readyState === WebSocket.OPEN && link.socket) link.socket.write(wsMessage(frame, link.dialed));
+  else ws.send(frame);
 }
 
 function zeroMask(mask: Uint8Array): void {

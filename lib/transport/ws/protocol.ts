@@ -228,48 +228,14 @@ function allocFrame(size: number): Uint8Array {
  * ```
  */
 export function wsMessage(frame: Uint8Array, masked: boolean): Buffer {
-  const start = writeWsHeader(frame.buffer, frame.byteOffset, 0x82, frame.byteLength, masked); // FIN, binary
-  return Buffer.from(frame.buffer, start, frame.byteOffset + frame.byteLength - start);
-}
-
-/**
- * The first of the two fragments of a split event (see {@link encodeEvents}), followed by the
- * header of the second: `head` framed as a binary frame without FIN, then the header of the
- * continuation frame that carries `payloadLength` bytes with FIN. Written into the
- * {@link WS_HEADROOM} bytes on each side of `head`, which only encodeEvents guarantees, so that
- * the whole message goes to the socket as this buffer and then the payload itself, without a
- * copy; as two writes if the sender wants the receiver to read the payload as a chunk of its own
- * (ws.send would always cork its four buffers into one writev). `masked` as in {@link wsMessage}.
- *
- * @example
- * ```ts
- * const [head, payload] = encodeEvents(seq, nodeId, ["weights", big]) as [Uint8Array, Uint8Array];
- * socket.write(wsFragments(head, payload.byteLength, true));
- * socket.write(payload);
- * ```
- */
-export function wsFragments(head: Uint8Array, payloadLength: number, masked: boolean): Buffer {
-  const start = writeWsHeader(head.buffer, head.byteOffset, 0x02, head.byteLength, masked); // binary, no FIN
-  const end = head.byteOffset + head.byteLength + wsHeaderSize(payloadLength, masked);
-  writeWsHeader(head.buffer, end, 0x80, payloadLength, masked); // FIN, continuation
-  return Buffer.from(head.buffer, start, end - start);
-}
-
-function wsHeaderSize(n: number, masked: boolean): number {
-  return 2 + (n < 126 ? 0 : n < 0x10000 ? 2 : 8) + (masked ? 4 : 0);
-}
-
-/**
- * Write the header of a frame of `n` bytes ending at `end` in `buffer` (an all-zero mask key if
- * `masked`). Returns where it starts.
- */
-function writeWsHeader(buffer: ArrayBufferLike, end: number, first: number, n: number, masked: boolean): number {
-  const size = wsHeaderSize(n, masked);
-  const out = Buffer.from(buffer, end - size, size);
-  out[0] = first;
+  const n = frame.byteLength;
+  const lenBytes = n < 126 ? 0 : n < 0x10000 ? 2 : 8;
+  const start = frame.byteOffset - 2 - lenBytes - (masked ? 4 : 0);
+  const out = Buffer.from(frame.buffer, start, frame.byteOffset + n - start);
+  out[0] = 0x82; // FIN, binary
   const m = masked ? 0x80 : 0;
-  if (n < 126) out[1] = m | n;
-  else if (n < 0x10000) {
+  if (lenBytes === 0) out[1] = m | n;
+  else if (lenBytes === 2) {
     out[1] = m | 126;
     out.writeUInt16BE(n, 2);
   } else {
@@ -277,8 +243,8 @@ function writeWsHeader(buffer: ArrayBufferLike, end: number, first: number, n: n
     out.writeUInt32BE(Math.floor(n / 0x100000000), 2);
     out.writeUInt32BE(n >>> 0, 6);
   }
-  if (masked) out.writeUInt32BE(0, size - 4);
-  return end - size;
+  if (masked) out.writeUInt32BE(0, 2 + lenBytes);
+  return out;
 }
 
 /** Payloads at least this large are sent as a WebSocket fragment of their own, not copied into the frame. */
@@ -343,9 +309,7 @@ function splitEvent(seq: number, from: number, topic: string, payload: Uint8Arra
   // Lengthen the four integer heads (sequence, sender, topic length, payload length); sizes 1, 2,
   // 3, 5 and 9 reach every remainder, so a choice always exists.
   const sizes = alignedSizes(2 + tLen, args.map((v) => HEAD_SIZES.filter((h) => h >= headSize(v))))!;
-  // Room on both sides for the two WebSocket frame headers (see wsFragments).
-  const headLen = 2 + sizes[0]! + sizes[1]! + sizes[2]! + tLen + sizes[3]!;
-  const head = Buffer.allocUnsafeSlow(WS_HEADROOM + headLen + WS_HEADROOM).subarray(WS_HEADROOM, WS_HEADROOM + headLen);
+  const head: Uint8Array = Buffer.allocUnsafeSlow(2 + sizes[0]! + sizes[1]! + sizes[2]! + tLen + sizes[3]!);
   head[0] = 0x85;
   head[1] = FRAME_EVENT;
   let pos = writeHead(head, 2, 0, seq, sizes[0]);
