@@ -231,6 +231,8 @@ class TypedListWriter {
   #chunk: Uint8Array = new Uint8Array(0);
   #used = 0;
   readonly #tagBytes: boolean;
+  /** The items' tags, found while sizing the output and used while writing it. */
+  readonly #tags = new Uint8Array(TYPED_LIST_MAX);
 
   /** @param tagBytes Tag `Uint8Array`s (tag 64), as cbor-x's `tagUint8Array`. */
   constructor(tagBytes: boolean) {
@@ -246,6 +248,7 @@ class TypedListWriter {
       if (!ArrayBuffer.isView(a) || a.byteLength >= LARGE_TYPED_ARRAY) return undefined;
       const tag = TYPED_TAGS.get(a.constructor);
       if (tag === undefined) return undefined;
+      this.#tags[i] = tag;
       size += (tag === 64 && !this.#tagBytes ? 0 : 2) + headSize(a.byteLength) + a.byteLength;
     }
     if (this.#used + size > this.#chunk.byteLength) {
@@ -258,7 +261,7 @@ class TypedListWriter {
     let pos = 1;
     for (let i = 0; i < v.length; i++) {
       const a = v[i] as ArrayBufferView;
-      const tag = TYPED_TAGS.get(a.constructor)!;
+      const tag = this.#tags[i]!;
       if (tag !== 64 || this.#tagBytes) {
         out[pos++] = 0xd8; // tag, one-byte number
         out[pos++] = tag;
