@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { killAll, repoRoot, type RunResult, show, startScript } from "./_helpers.ts";
+import { killAll, repoRoot, type RunResult, runScript, show } from "./_helpers.ts";
 import * as mod from "../mod.ts";
 
 const P = suite("npm package");
@@ -18,7 +18,7 @@ let project = "";
 
 /** Run `file` (relative to the temporary project) with Node, killed by PID after 30 s. */
 function runNode(file: string, args: string[] = []): Promise<RunResult> {
-  return startScript(join(project, file), args, { runtime: "node", cwd: project, timeoutMs: 30_000 }).done;
+  return runScript(join(project, file), args, { runtime: "node", cwd: project, timeoutMs: 30_000 });
 }
 
 P.before(() => {
