@@ -681,7 +681,7 @@ async function runSuites(names: RuntimeName[], opts: Options, p: Plan): Promise<
   for (const name of names) {
     const rt = runtimeOf(name, opts);
     progress(`\n== ${name}: ${rt.cmd} ${rt.args.join(" ")}\n`);
-    const suite: Suite = { name, rt, raw: { streams: {}, background: {} }, errors: [] };
+    const suite: Suite = { name, rt, raw: { streams: {} }, errors: [] };
     infos.push(
       await attempt("info", suite, () =>
         withChildren(rt, opts, async (sp) => {
