@@ -101,6 +101,11 @@ export interface WorkerPlan {
   maxPayload?: number;
   connectTimeout?: number;
   errorFile?: string;
+  /**
+   * The launcher's temporary directory (error files, ipc sockets). The launcher removes it when
+   * the run ends; a worker that outlives its launcher (killed by SIGKILL) removes it instead.
+   */
+  runDir?: string;
   secret?: string;
   tls?: TlsOptions;
   heartbeatInterval?: number;
@@ -223,17 +228,21 @@ export function normalizeOptions(options: ParallelOptions): Required<
  * `attachTo`. A worker waits for every local peer its topology connects it to.
  *
  * @param options Normalised options.
- * @param where `dir` for ipc sockets and error files; `ports` for tcp when none were given.
+ * @param where `dir` for ipc sockets and error files (needed for ipc, and for workers in processes
+ *   of their own); `ports` for tcp when none were given.
  */
 export function planWorkers(
   options: ReturnType<typeof normalizeOptions>,
-  where: { dir: string; ports?: number[] },
+  where: { dir?: string | undefined; ports?: number[] | undefined },
 ): WorkerPlan[] {
   const n = options.nParallelWorkers;
   const ids = options.nodeIds;
   const ports = options.ports !== undefined ? padParam(options.ports, n, DEFAULT_PORT_BASE) : where.ports;
   const listen = ids.map((id, i) => {
-    if (options.protocol === "ipc") return `ipc://${join(where.dir, `node_${id}.ipc`)}`;
+    if (options.protocol === "ipc") {
+      if (where.dir === undefined) throw new RangeError("ipc needs a directory for its sockets");
+      return `ipc://${join(where.dir, `node_${id}.ipc`)}`;
+    }
     const port = ports?.[i];
     if (port === undefined) throw new RangeError(`No port for worker ${i}`);
     const host = options.address.includes(":") ? `[${options.address}]` : options.address;
@@ -273,8 +282,11 @@ export function planWorkers(
       labels: options.labels,
       autoRecover: options.autoRecover,
       maxRetries: options.maxRetries,
-      errorFile: join(where.dir, `error_${nodeId}.json`),
     };
+    if (where.dir !== undefined) {
+      plan.errorFile = join(where.dir, `error_${nodeId}.json`);
+      plan.runDir = where.dir;
+    }
     if (options.maxPayload !== undefined) plan.maxPayload = options.maxPayload;
     if (options.redisHost !== undefined) plan.redisHost = options.redisHost;
     if (options.redisPort !== undefined) plan.redisPort = options.redisPort;
@@ -350,9 +362,18 @@ async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, a
 
 async function runWorker<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<never> {
   if (getEnv("DITASK_WATCH_PARENT") === "1") {
-    // The launcher holds our stdin: when it dies (even by SIGKILL), stdin ends and so do we.
-    process.stdin.on("end", () => exitProcess(1));
-    process.stdin.on("error", () => exitProcess(1));
+    // The launcher holds our stdin: when it dies (even by SIGKILL), stdin ends and so do we. A
+    // launcher killed that way could not remove its directory, so the first worker to notice does
+    // (the others are ending too; their sockets' files go with it).
+    const orphaned = () => {
+      try {
+        if (plan.runDir) rmSync(plan.runDir, { recursive: true, force: true });
+      } finally {
+        exitProcess(1);
+      }
+    };
+    process.stdin.on("end", orphaned);
+    process.stdin.on("error", orphaned);
     process.stdin.resume();
   }
   try {
@@ -525,10 +546,12 @@ export class Parallel {
         return;
       }
       const n = opts.nParallelWorkers;
-      const dir = mkdtempSync(join(tmpdir(), "ditask-"));
+      // A lone worker runs in this process and needs a directory only for an ipc socket: without
+      // one, nothing is left behind when this process is killed.
+      const dir = n > 1 || opts.protocol === "ipc" ? mkdtempSync(join(tmpdir(), "ditask-")) : undefined;
       try {
         const ports = opts.protocol === "tcp" && opts.ports === undefined ? await freePorts(n, opts.address) : undefined;
-        const plans = planWorkers(opts, ports ? { dir, ports } : { dir });
+        const plans = planWorkers(opts, { dir, ports });
         if (n === 1) {
           try {
             await runNode(plans[0]!, main, args);
@@ -542,9 +565,9 @@ export class Parallel {
           }
           return;
         }
-        await launch(dir, plans, opts.outputPrefix ?? false);
+        await launch(dir!, plans, opts.outputPrefix ?? false);
       } finally {
-        rmSync(dir, { recursive: true, force: true });
+        if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
       }
     };
   }

@@ -1,3 +1,6 @@
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
@@ -41,6 +44,12 @@ Plan("star: workers dial worker 0 only; alone: only attachTo; ipc: socket files 
   const star = planWorkers(normalizeOptions({ nParallelWorkers: 3, topology: "star" }), { dir: "/tmp/d" });
   assert.equal(star.map((w) => w.dial), [[], ["ipc:///tmp/d/node_0.ipc"], ["ipc:///tmp/d/node_0.ipc"]]);
   assert.equal(star.map((w) => w.expect), [[1, 2], [0], [0]]);
+  // Each worker is told the launch dir, to remove it if the launcher dies first.
+  assert.equal(star.map((w) => w.runDir), ["/tmp/d", "/tmp/d", "/tmp/d"]);
+  // A lone tcp worker (run in the launcher's process) gets no directory; ipc cannot do without.
+  const lone = planWorkers(normalizeOptions({ nParallelWorkers: 1, protocol: "tcp" }), { ports: [5000] });
+  assert.equal([lone[0]!.runDir, lone[0]!.errorFile], [undefined, undefined]);
+  assert.throws(() => planWorkers(normalizeOptions({ nParallelWorkers: 1, protocol: "ipc" }), {}), /ipc needs a directory/);
   const alone = planWorkers(normalizeOptions({ nParallelWorkers: 2, topology: "alone", attachTo: ["ipc:///s"] }), { dir: "/d" });
   assert.equal(alone.map((w) => [w.dial, w.expect]), [[["ipc:///s"], []], [["ipc:///s"], []]]);
 });
@@ -295,29 +304,52 @@ async function startHang() {
     child.kill("SIGKILL");
     throw err;
   }
-  return { child, exited, pids: pids() };
+  const dirs = [...new Set([...out.matchAll(/ dir (\S+)/g)].map((m) => m[1]!))];
+  assert.is(dirs.length, 1, out);
+  assert.ok(existsSync(dirs[0]!), `the run directory ${dirs[0]} exists while the workers run`);
+  return { child, exited, pids: pids(), dir: dirs[0]! };
 }
 
-P("SIGTERM on the launcher ends every worker", async () => {
-  const { child, exited, pids } = await startHang();
+P("SIGTERM on the launcher ends every worker and removes the run directory", async () => {
+  const { child, exited, pids, dir } = await startHang();
   try {
     child.kill("SIGTERM");
     const code = await withTimeout(exited, 10_000, "launcher exit");
     // Deno's child_process reports a child that handled SIGTERM and exited 143 as (null, SIGTERM).
     if (runtimeKey === "node") assert.is(code, 143);
     await until(() => pids.every((p) => !alive(p)), "workers gone", 10_000);
+    assert.not.ok(existsSync(dir), `the run directory ${dir} is left behind`);
   } finally {
     child.kill("SIGKILL");
   }
 });
 
-P("SIGKILL on the launcher: the workers notice and exit", async () => {
-  const { child, pids } = await startHang();
+P("SIGKILL on the launcher: the workers notice, remove its run directory and exit", async () => {
+  const { child, pids, dir } = await startHang();
   try {
     child.kill("SIGKILL");
     await until(() => pids.every((p) => !alive(p)), "workers gone", 10_000);
+    assert.not.ok(existsSync(dir), `the run directory ${dir} (ipc sockets, error files) is left behind`);
   } finally {
     for (const p of pids) if (alive(p)) process.kill(p, "SIGKILL");
+  }
+});
+
+P("a lone tcp worker runs in the launcher's process and makes no run directory", async () => {
+  const { spawnScript } = await import("../lib/runtime.ts");
+  const tmp = mkdtempSync(join(tmpdir(), "ditask-lone-test-"));
+  const env: Record<string, string> = { TMPDIR: tmp };
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_") && k !== "TMPDIR") env[k] = v;
+  const child = spawnScript(scenarios, ["hang", JSON.stringify({ nParallelWorkers: 1, protocol: "tcp" })], { env, stdio: "pipe" });
+  let out = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  try {
+    await until(() => /pid \d+/.test(out), "worker up", 20_000);
+    // Nothing a SIGKILL could leave behind.
+    assert.equal(readdirSync(tmp).filter((f) => f.startsWith("ditask-")), [], out);
+  } finally {
+    child.kill("SIGKILL");
+    rmSync(tmp, { recursive: true, force: true });
   }
 });
 

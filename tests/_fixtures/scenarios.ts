@@ -274,7 +274,10 @@ const mains: Record<string, () => Promise<void>> = {
 
   // Workers that wait until killed: for the signal tests.
   async hang() {
-    say(`node ${id()} pid ${process.pid}`);
+    // The launcher's run directory, from the plan it gave this worker (the test checks it is removed).
+    const env = (globalThis as { Deno?: { env: { get(k: string): string | undefined } } }).Deno?.env.get("DITASK_WORKER") ??
+      process.env.DITASK_WORKER;
+    say(`node ${id()} pid ${process.pid} dir ${JSON.parse(env ?? "{}").runDir}`);
     await task.start({}, () => task.waitFor("never", { timeout: 60_000 }));
   },
 };
