@@ -1,4 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { Buffer } from "node:buffer";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,7 +19,7 @@ import {
 import { createTransport } from "./transport/mod.ts";
 import { padParam } from "./platform/spec.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
-import { parseAddress } from "./transport/ws/protocol.ts";
+import { IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
 
 export { padParam };
 /** Re-exported for the CLI, which loads this module (and so the transport) only when it launches. */
@@ -416,6 +417,27 @@ function prefixLines(from: NodeJS.ReadableStream, to: NodeJS.WriteStream, nodeId
   });
 }
 
+/**
+ * Make a launch's private directory, in the temp directory. When the ipc sockets of `ipcIds`
+ * (`node_<id>.ipc`) would not fit the OS's socket path limit there (a deep $TMPDIR), it goes in
+ * /tmp or /var/tmp instead, as Python's multiprocessing does.
+ *
+ * @throws {DitaskError} (code `"ERR_DITASK_IPC_PATH"`) If no candidate is short enough.
+ */
+export function makeLaunchDir(ipcIds: readonly number[], bases: readonly string[] = [tmpdir(), "/tmp", "/var/tmp"]): string {
+  // mkdtemp adds 6 characters to the prefix.
+  const longest = Math.max(0, ...ipcIds.map((id) => Buffer.byteLength(`/ditask-XXXXXX/node_${id}.ipc`)));
+  const base = ipcIds.length === 0 ? bases[0]! : bases.find((b, i) => Buffer.byteLength(b) + longest <= IPC_PATH_MAX && (i === 0 || existsSync(b)));
+  if (base === undefined) {
+    throw new DitaskError(
+      `Cannot place ipc sockets: the temp directory ${bases[0]} is too long for Unix socket paths (at most ${IPC_PATH_MAX} bytes); set TMPDIR to a shorter directory or use protocol "tcp"`,
+      { code: "ERR_DITASK_IPC_PATH" },
+    );
+  }
+  if (base !== bases[0]) log.debug(`the temp directory ${bases[0]} is too long for ipc socket paths; using ${base}`);
+  return mkdtempSync(join(base, "ditask-"));
+}
+
 /** The environment variable that tells a restarted worker how often its node was re-run. */
 export const RETRIES_ENV = "DITASK_RETRIES";
 
@@ -548,7 +570,7 @@ export class Parallel {
       const n = opts.nParallelWorkers;
       // A lone worker runs in this process and needs a directory only for an ipc socket: without
       // one, nothing is left behind when this process is killed.
-      const dir = n > 1 || opts.protocol === "ipc" ? mkdtempSync(join(tmpdir(), "ditask-")) : undefined;
+      const dir = n > 1 || opts.protocol === "ipc" ? makeLaunchDir(opts.protocol === "ipc" ? opts.nodeIds : []) : undefined;
       try {
         const ports = opts.protocol === "tcp" && opts.ports === undefined ? await freePorts(n, opts.address) : undefined;
         const plans = planWorkers(opts, { dir, ports });

@@ -1,15 +1,26 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { Buffer } from "node:buffer";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
+import { makeLaunchDir, Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
+import { DitaskError } from "../lib/errors.ts";
+import { IPC_PATH_MAX } from "../lib/transport/ws/protocol.ts";
 import { redisTransportOptions } from "../lib/transport/mod.ts";
 import { alive, freePorts, killAll, runScript, runtimeKey, testPath, until, withTimeout } from "./_helpers.ts";
 
 const scenarios = testPath("_fixtures/scenarios");
-const run = (name: string, options: object = {}, timeoutMs = 60_000) =>
-  runScript(scenarios, [name, JSON.stringify(options)], { timeoutMs });
+const run = (name: string, options: object = {}, timeoutMs = 60_000, env?: Record<string, string>) =>
+  runScript(scenarios, [name, JSON.stringify(options)], env ? { timeoutMs, env } : { timeoutMs });
+
+/** A fresh directory whose path is one byte too long for a Unix socket path; removed by `done`. */
+function deepDir(): { deep: string; root: string; done: () => void } {
+  const root = mkdtempSync(join(tmpdir(), "ditask-deep-test-"));
+  const deep = join(root, "d".repeat(IPC_PATH_MAX - Buffer.byteLength(root)));
+  mkdirSync(deep);
+  return { deep, root, done: () => rmSync(root, { recursive: true, force: true }) };
+}
 const lines = (s: string) => s.split("\n").filter(Boolean);
 
 const Plan = suite("Parallel options and plans");
@@ -123,6 +134,23 @@ Plan("bad options throw at once with errors naming the problem", () => {
   assert.ok(normalizeOptions({ nParallelWorkers: 1, mqType: "nng" }));
 });
 
+Plan("makeLaunchDir: a temp dir too deep for the ipc sockets is passed over for a shorter one; with none, ERR_DITASK_IPC_PATH", () => {
+  const { deep, root, done } = deepDir();
+  try {
+    const d = makeLaunchDir([0, 1, 12], [deep, join(root, "missing"), root]);
+    assert.ok(d.startsWith(`${root}/ditask-`), d);
+    assert.ok(Buffer.byteLength(join(d, "node_12.ipc")) <= IPC_PATH_MAX, d);
+    // No ipc socket to place (tcp): the temp directory, however deep.
+    assert.ok(makeLaunchDir([], [deep, root]).startsWith(`${deep}/ditask-`));
+    assert.throws(
+      () => makeLaunchDir([0], [deep, join(root, "missing")]),
+      (e: unknown) => e instanceof DitaskError && e.code === "ERR_DITASK_IPC_PATH" && e.message.includes(deep),
+    );
+  } finally {
+    done();
+  }
+});
+
 const P = suite("Parallel (multi-process)");
 P.after.each(() => killAll());
 
@@ -195,6 +223,19 @@ P("test_parallel_run: router topics over ipc and over tcp", async () => {
     const r = await run("parallel_run", { protocol });
     assert.is(r.code, 0, r.stderr);
     assert.equal(lines(r.stdout).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"], protocol);
+  }
+});
+
+P("ipc with a TMPDIR too deep for socket paths: the launch puts its sockets in /tmp and works", async () => {
+  // Before: each socket path was cut short by the kernel to the same name, so node 1 dialed itself.
+  const { deep, done } = deepDir();
+  try {
+    const r = await run("parallel_run", { protocol: "ipc" }, 60_000, { TMPDIR: deep });
+    assert.is(r.code, 0, r.stderr);
+    assert.equal(lines(r.stdout).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"]);
+    assert.equal(readdirSync(deep), []);
+  } finally {
+    done();
   }
 });
 

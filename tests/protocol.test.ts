@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import {
@@ -20,6 +21,7 @@ import {
   dialUrl,
   formatAddress,
   FrameSlab,
+  IPC_PATH_MAX,
   wsMessage,
 } from "../lib/transport/ws/protocol.ts";
 import { loadWs } from "../lib/runtime.ts";
@@ -184,6 +186,18 @@ P("parseAddress() accepts tcp, ws, wss, ipc and IPv6; rejects the rest with Type
   assert.equal(parseAddress("tcp://h:0", { listen: true }), { kind: "tcp", host: "h", port: 0, tls: false });
   for (const bad of ["", "h:1", "tcp://h", "tcp://h:0", "tcp://h:70000", "http://h:1", "ipc://rel.ipc"]) {
     assert.throws(() => parseAddress(bad), (e: unknown) => e instanceof TypeError && (e as Error).message.includes(`"${bad}"`), bad);
+  }
+});
+
+P("parseAddress() refuses an ipc path the kernel would cut short (longer than IPC_PATH_MAX bytes)", () => {
+  const fits = "/" + "d".repeat(IPC_PATH_MAX - 1);
+  assert.equal(parseAddress(`ipc://${fits}`), { kind: "ipc", path: fits });
+  // Counted in bytes: "é" is two.
+  for (const long of [fits + "x", "/" + "é".repeat(Math.ceil(IPC_PATH_MAX / 2))]) {
+    assert.throws(
+      () => parseAddress(`ipc://${long}`),
+      (e: unknown) => e instanceof TypeError && new RegExp(`is ${Buffer.byteLength(long)} bytes.*limited to ${IPC_PATH_MAX} bytes`).test((e as Error).message),
+    );
   }
 });
 

@@ -38,6 +38,7 @@
 // unacknowledged backlog passed maxOutboxBytes).
 
 import { Buffer } from "node:buffer";
+import process from "node:process";
 import { createHmac } from "node:crypto";
 import { alignedSizes, HEAD_SIZES, headSize, writeHead } from "../../cbor_head.ts";
 import { createCborCodec } from "../../codec.ts";
@@ -520,6 +521,13 @@ export function parseFrame(message: Uint8Array | Uint8Array[]): Frame | string {
   }
 }
 
+/**
+ * The longest Unix socket path the OS accepts, in bytes: `sun_path` less its closing NUL (108 on
+ * Linux, 104 on macOS and the BSDs). A longer path is cut short by the kernel, so two sockets
+ * whose names differ only at the end would be the same socket.
+ */
+export const IPC_PATH_MAX: number = process.platform === "linux" ? 107 : 103;
+
 /** Parsed forms of the addresses the mesh accepts. */
 export type Address =
   | { kind: "tcp"; host: string; port: number; tls: boolean }
@@ -530,13 +538,20 @@ export type Address =
  * `wss://host:port` or `ipc:///path/to.sock`.
  *
  * @param options `listen: true` allows port 0 (pick a free port).
- * @throws {TypeError} If the address has another form; the message quotes it.
+ * @throws {TypeError} If the address has another form, or an ipc path is longer than
+ *   {@link IPC_PATH_MAX} bytes; the message quotes it.
  */
 export function parseAddress(addr: string, options: { listen?: boolean } = {}): Address {
   if (typeof addr !== "string") throw new TypeError(`Invalid peer address ${String(addr)}: expected a string`);
   if (addr.startsWith("ipc://")) {
     const path = addr.slice("ipc://".length);
     if (!path.startsWith("/")) throw new TypeError(`Invalid peer address "${addr}": ipc paths must be absolute (ipc:///path)`);
+    const bytes = Buffer.byteLength(path);
+    if (bytes > IPC_PATH_MAX) {
+      throw new TypeError(
+        `Invalid peer address "${addr}": the ipc path is ${bytes} bytes, and Unix socket paths are limited to ${IPC_PATH_MAX} bytes here; use a shorter path`,
+      );
+    }
     return { kind: "ipc", path };
   }
   const m = /^(tcp|ws|wss):\/\/(\[[^\]]+\]|[^:/\s]+):(\d+)\/?$/.exec(addr);
