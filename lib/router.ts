@@ -263,8 +263,14 @@ export class Router {
     }
     const codec = this.#codec;
     // Large encodings come from the codec's pool: they go back to it once every peer has them.
-    if (codec.release && codec.pooled?.(payload)) this.#transport!.publish(topic, payload, () => codec.release!(payload));
-    else this.#transport!.publish(topic, payload);
+    if (codec.release && codec.pooled?.(payload)) {
+      try {
+        this.#transport!.publish(topic, payload, () => codec.release!(payload));
+      } catch (err) {
+        codec.release(payload); // refused (too large): nothing holds it
+        throw err;
+      }
+    } else this.#transport!.publish(topic, payload);
   }
 
   #receive(m: TransportMessage): void {

@@ -320,6 +320,8 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    *
    * @throws {TaskStateError} If the task is not running.
    * @throws {CodecError} If an argument cannot be sent to peers.
+   * @throws {TransportError} (code `"ERR_DITASK_TOO_LARGE"`) If the event is larger than the
+   *   mesh's `maxPayload` or `maxOutboxBytes`; nothing is delivered, not even locally.
    */
   emit<K extends keyof E & string>(event: K, ...args: E[K]): void {
     this.#assertRunning("emit", event);

@@ -40,6 +40,8 @@ export interface Transport {
    *   copied the bytes, or every peer acknowledged them), so that their memory can be reused. A
    *   transport may never call it (for a dropped peer whose socket may still be sending the
    *   bytes); they are then simply left to the garbage collector.
+   * @throws {TransportError} A transport may refuse a payload it could never deliver (code
+   *   `"ERR_DITASK_TOO_LARGE"`); it then sends nothing and never calls `done`.
    */
   publish(topic: string, payload: Uint8Array, done?: () => void): void;
   /** Tell the transport that this node wants `topic` (a hint; the mesh delivers every topic). */

@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { WebSocket } from "ws";
+import { TransportError } from "../../lib/errors.ts";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
 import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_BATCH, FRAME_EVENT, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
 import { until } from "../_helpers.ts";
@@ -153,6 +154,31 @@ F("one-buffer events frames go to the socket directly, not through ws.send, on e
   } finally {
     WebSocket.prototype.send = send;
     await close();
+  }
+});
+
+F("an event that could never be delivered (over maxPayload or maxOutboxBytes) is refused at publish; the link stays", async () => {
+  const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 300_000, connectTimeout: 10_000 });
+  await a.bind();
+  const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!], maxOutboxBytes: 200_000, connectTimeout: 10_000 });
+  const got: Array<[number, number]> = [];
+  a.onMessage((m) => got.push([0, m.payload.byteLength]));
+  b.onMessage((m) => got.push([1, m.payload.byteLength]));
+  const tooLarge = (limit: string) => (e: unknown) =>
+    e instanceof TransportError && e.code === "ERR_DITASK_TOO_LARGE" && e.message.includes(limit) && e.message.includes('"t"');
+  try {
+    await Promise.all([a.open(), b.open()]);
+    let done = 0;
+    // Before: the peer closed the link (1009) or was dropped as a slow consumer, and the event was lost.
+    assert.throws(() => a.publish("t", new Uint8Array(400_000), () => done++), tooLarge("maxPayload (300000 bytes)"));
+    assert.throws(() => b.publish("t", new Uint8Array(250_000)), tooLarge("maxOutboxBytes (200000 bytes)"));
+    a.publish("t", new Uint8Array(250_000), () => done++);
+    b.publish("t", new Uint8Array(150_000));
+    await until(() => got.length === 2 && done === 1, "the events within the limits arrived");
+    assert.equal(got.sort(), [[0, 150_000], [1, 250_000]]);
+    assert.equal([a.peers, b.peers], [[1], [0]]);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
   }
 });
 

@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import http from "node:http";
 import https from "node:https";
 import { randomBytes, timingSafeEqual } from "node:crypto";
@@ -819,8 +820,16 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     if (this.#drainWaiters.size > 0) this.#checkDrained();
   }
 
+  /**
+   * Queue an event for every connected peer (see the class documentation for when it is sent).
+   *
+   * @throws {TransportError} (code `"ERR_DITASK_TOO_LARGE"`) If the event could never be delivered:
+   *   its frame would be larger than `maxPayload` (a peer would close the link, 1009) or than
+   *   `maxOutboxBytes` (the peer would be dropped as a slow consumer). Nothing is sent.
+   */
   publish(topic: string, payload: Uint8Array, done?: () => void): void {
     if (this.#closed) return;
+    if (payload.byteLength >= LARGE_PAYLOAD) this.#checkSize(topic, payload);
     if (done) {
       if (this.#peers.size === 0) done();
       else {
@@ -845,6 +854,21 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       this.#flushScheduled = false;
       this.#flushAll();
     });
+  }
+
+  #checkSize(topic: string, payload: Uint8Array): void {
+    // An upper bound of the frame: the payload, the topic, and at most 48 bytes of CBOR heads,
+    // sequence number, sender and alignment.
+    const bytes = payload.byteLength + Buffer.byteLength(topic) + 48;
+    const limit = Math.min(this.#maxPayload, this.#maxOutbox - ENTRY_OVERHEAD);
+    if (bytes <= limit) return;
+    const which = limit === this.#maxPayload
+      ? `maxPayload (${this.#maxPayload} bytes), the largest frame a peer accepts`
+      : `maxOutboxBytes (${this.#maxOutbox} bytes), what is kept for a peer until it acknowledges`;
+    throw new TransportError(
+      `Cannot send "${topic}": its ${payload.byteLength} bytes are more than ${which}; raise it on every node, or send the data in parts`,
+      { code: "ERR_DITASK_TOO_LARGE" },
+    );
   }
 
   #flushAll(): void {
