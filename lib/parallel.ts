@@ -114,8 +114,40 @@ export interface WorkerPlan {
   maxOutboxBytes?: number;
 }
 
-/** The environment variable that carries a worker's {@link WorkerPlan}. */
+/**
+ * The environment variable that carries a worker's {@link WorkerPlan}: its JSON, or `@` and the
+ * path of a file holding it when the JSON is too long for one environment variable (a TLS CA
+ * bundle can be over the kernel's 128 KiB limit per variable).
+ */
 export const WORKER_ENV = "DITASK_WORKER";
+/** Plans longer than this (bytes of JSON) go to a file in the launch directory. */
+const PLAN_ENV_MAX = 32 * 1024;
+
+/** The value of {@link WORKER_ENV} for `plan`; writes the plan to a file in `dir` when it is long. */
+function planEnv(dir: string, plan: WorkerPlan): string {
+  const json = JSON.stringify(plan);
+  if (Buffer.byteLength(json) <= PLAN_ENV_MAX) return json;
+  const file = join(dir, `plan_${plan.nodeId}.json`);
+  writeFileSync(file, json, { mode: 0o600 });
+  return `@${file}`;
+}
+
+/** Read a worker's plan from the value of {@link WORKER_ENV}. */
+function readPlan(raw: string): WorkerPlan {
+  let json = raw;
+  if (raw.startsWith("@")) {
+    try {
+      json = readFileSync(raw.slice(1), "utf8");
+    } catch (err) {
+      throw new DitaskError(`Cannot read the worker plan ${raw.slice(1)}: ${(err as Error).message}`, { code: "ERR_DITASK_WORKER_ENV" });
+    }
+  }
+  try {
+    return JSON.parse(json) as WorkerPlan;
+  } catch {
+    throw new DitaskError(`Invalid ${WORKER_ENV}: not JSON`, { code: "ERR_DITASK_WORKER_ENV" });
+  }
+}
 /** The environment variable that tells a worker its node id (for user code). */
 export const NODE_ID_ENV = "DITASK_NODE_ID";
 /** DI-engine's first tcp port. */
@@ -456,16 +488,24 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
     killAll("SIGTERM");
   });
 
-  /** Start the worker of `plan`; resolves with how it ended. */
-  const start = (plan: WorkerPlan, retries: number): Promise<[number | null, string | null]> => {
+  const planValues = new Map(plans.map((plan) => [plan, planEnv(dir, plan)]));
+
+  /** Start the worker of `plan`; resolves with how it ended, or why it could not start. */
+  const start = (plan: WorkerPlan, retries: number): Promise<[number | null, string | null, string?]> => {
     const env = {
       ...base,
-      [WORKER_ENV]: JSON.stringify(plan),
+      [WORKER_ENV]: planValues.get(plan)!,
       [NODE_ID_ENV]: String(plan.nodeId),
       [RETRIES_ENV]: String(retries),
       DITASK_WATCH_PARENT: "1",
     };
-    const child = spawnScript(script, args, { env, watchParent: true, stdio: outputPrefix ? "pipe" : "inherit" });
+    let child: ChildProcess;
+    try {
+      child = spawnScript(script, args, { env, watchParent: true, stdio: outputPrefix ? "pipe" : "inherit" });
+    } catch (err) {
+      // Thrown at once (E2BIG: the environment is too large for the kernel).
+      return Promise.resolve([null, null, (err as Error).message]);
+    }
     live.add(child);
     if (outputPrefix) {
       prefixLines(child.stdout!, process.stdout, plan.nodeId);
@@ -478,9 +518,8 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
         resolve([code, signal]);
       });
       child.once("error", (err) => {
-        log.error(`cannot start worker ${plan.nodeId}:`, err.message);
         live.delete(child);
-        resolve([127, null]);
+        resolve([null, null, err.message]);
       });
     });
   };
@@ -489,8 +528,15 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
   const supervise = async (plan: WorkerPlan) => {
     let retries = 0;
     for (;;) {
-      const [code, signal] = await start(plan, retries);
+      const [code, signal, startError] = await start(plan, retries);
       if (code === 0 || failure || interrupted) return;
+      if (startError !== undefined) {
+        // Starting again would fail the same way.
+        failure = new WorkerExitError(`Cannot start worker ${plan.nodeId}: ${startError}`, { nodeId: plan.nodeId, exitCode: null, signal: null });
+        killAll("SIGTERM");
+        setTimeout(() => killAll("SIGKILL"), 5000).unref?.();
+        return;
+      }
       let plain: PlainError | undefined;
       try {
         plain = JSON.parse(readFileSync(plan.errorFile!, "utf8")) as PlainError;
@@ -558,13 +604,7 @@ export class Parallel {
       if (typeof main !== "function") throw new TypeError("Parallel.runner(...)(main): main must be a function");
       const raw = getEnv(WORKER_ENV);
       if (raw !== undefined) {
-        let plan: WorkerPlan;
-        try {
-          plan = JSON.parse(raw) as WorkerPlan;
-        } catch {
-          throw new DitaskError(`Invalid ${WORKER_ENV}: not JSON`, { code: "ERR_DITASK_WORKER_ENV" });
-        }
-        await runWorker(plan, main, args);
+        await runWorker(readPlan(raw), main, args);
         return;
       }
       const n = opts.nParallelWorkers;

@@ -2,7 +2,10 @@ import { runtimeKey } from "../lib/runtime.ts";
 import { spawnScript } from "../lib/runtime.ts";
 import { freePorts } from "../lib/parallel.ts";
 import type { ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 /** Reject with a clear message if `p` does not settle within `ms`. */
 export function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
@@ -156,4 +159,25 @@ export function until(cond: () => boolean, label: string, ms = 15_000): Promise<
     ms,
     label,
   );
+}
+
+/** A self-signed certificate (PEM) for 127.0.0.1 and localhost, valid for a day; made with openssl. */
+export function selfSignedCert(): { cert: string; key: string } {
+  const openssl = existsSync("/usr/bin/openssl") ? "/usr/bin/openssl" : "openssl";
+  const dir = mkdtempSync(join(tmpdir(), "ditask_test_tls_"));
+  try {
+    execFileSync(
+      openssl,
+      [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+        "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+        "-days", "1", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+      ],
+      { stdio: "ignore" },
+    );
+    return { cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -1,5 +1,5 @@
 import { Buffer } from "node:buffer";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { suite } from "uvu";
@@ -8,7 +8,7 @@ import { makeLaunchDir, Parallel, normalizeOptions, padParam, planWorkers } from
 import { DitaskError } from "../lib/errors.ts";
 import { IPC_PATH_MAX } from "../lib/transport/ws/protocol.ts";
 import { redisTransportOptions } from "../lib/transport/mod.ts";
-import { alive, freePorts, killAll, runScript, runtimeKey, testPath, until, withTimeout } from "./_helpers.ts";
+import { alive, freePorts, killAll, runScript, runtimeKey, selfSignedCert, testPath, until, withTimeout } from "./_helpers.ts";
 
 const scenarios = testPath("_fixtures/scenarios");
 const run = (name: string, options: object = {}, timeoutMs = 60_000, env?: Record<string, string>) =>
@@ -237,6 +237,29 @@ P("ipc with a TMPDIR too deep for socket paths: the launch puts its sockets in /
   } finally {
     done();
   }
+});
+
+P("a plan too long for one environment variable (a TLS CA bundle over 128 KiB) reaches the workers through a file", async () => {
+  // Before: spawning the workers failed with a bare "spawn E2BIG".
+  const { cert, key } = selfSignedCert();
+  const tls = { cert, key, ca: cert.repeat(Math.ceil(140_000 / cert.length)) };
+  const dir = mkdtempSync(join(tmpdir(), "ditask-bigplan-test-"));
+  try {
+    const file = join(dir, "options.json");
+    writeFileSync(file, JSON.stringify({ protocol: "tcp", tls }));
+    const r = await runScript(scenarios, ["parallel_run", `@${file}`], { timeoutMs: 60_000 });
+    assert.is(r.code, 0, r.stderr + r.stdout);
+    assert.equal(lines(r.stdout).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+P("a worker that cannot be started (its environment is too large: E2BIG) fails the launch at once, naming it and why", async () => {
+  const r = await run("big_env");
+  assert.is(r.code, 3, r.stderr);
+  assert.match(r.stdout, /launcher error WorkerExitError node=\d code=ERR_DITASK_WORKER_EXIT: Cannot start worker \d: \S/);
+  assert.not.match(r.stdout, /started/);
 });
 
 P("test_uncaught_exception: the runner rejects naming the node and the message; others stop", async () => {

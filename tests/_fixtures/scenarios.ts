@@ -1,10 +1,12 @@
 // Multi-process scenarios for tests/parallel.test.ts. Usage: scenarios <name> [optionsJSON]
 // The launcher runs Parallel.runner(options)(main); workers re-run this script with the same
 // arguments and so pick the same main. Results are printed as lines the tests look for.
+import { readFileSync } from "node:fs";
 import { Context, Parallel, PEER_LEFT, task, WorkerExitError } from "../../mod.ts";
 
 const [name = "", json = "{}"] = (globalThis as { Deno?: { args: string[] } }).Deno?.args ?? process.argv.slice(2);
-const options = { nParallelWorkers: 2, ...JSON.parse(json) };
+// Options too long for a command line (a TLS bundle) come from a file: "@/path/to/options.json".
+const options = { nParallelWorkers: 2, ...JSON.parse(json.startsWith("@") ? readFileSync(json.slice(1), "utf8") : json) };
 const id = () => task.router.nodeId!;
 const say = (s: string) => console.log(s);
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -273,6 +275,10 @@ const mains: Record<string, () => Promise<void>> = {
   },
 
   // Workers that wait until killed: for the signal tests.
+  async big_env() {
+    say(`node ${id()} started`);
+  },
+
   async hang() {
     // The launcher's run directory, from the plan it gave this worker (the test checks it is removed).
     const env = (globalThis as { Deno?: { env: { get(k: string): string | undefined } } }).Deno?.env.get("DITASK_WORKER") ??
@@ -287,6 +293,8 @@ if (!main) {
   console.error(`unknown scenario "${name}"`);
   process.exit(2);
 }
+// big_env: the launcher's environment is larger than the kernel takes for a new process (E2BIG).
+if (name === "big_env" && process.env.DITASK_WORKER === undefined) process.env.DITASK_TEST_BIG = "x".repeat(200_000);
 try {
   await Parallel.runner(options)(main);
   say("launcher done");

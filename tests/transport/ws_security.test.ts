@@ -4,11 +4,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { Buffer } from "node:buffer";
-import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { WsMeshTransport, type WsMeshOptions } from "../../lib/transport/ws/mod.ts";
 import {
   CLOSE_AUTH,
@@ -26,7 +22,7 @@ import {
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { TransportError } from "../../lib/errors.ts";
 import { setLogLevel } from "../../lib/log.ts";
-import { delay, freePorts, withTimeout, until as waitUntil } from "../_helpers.ts";
+import { delay, freePorts, selfSignedCert, withTimeout, until as waitUntil } from "../_helpers.ts";
 import { authMac, captureProxy, type CaptureProxy, containsBytes, RawClient } from "../_fixtures/sec_raw.ts";
 
 const SECRET = `ditask-test-secret-${randomBytes(6).toString("hex")}`;
@@ -39,30 +35,13 @@ const S = suite("ws security");
 let transports: WsMeshTransport[] = [];
 let clients: RawClient[] = [];
 let proxies: CaptureProxy[] = [];
-let certDir: string | undefined;
 let cert = "";
 let key = "";
 
 S.before(() => {
   // Refused handshakes are logged at warn on purpose; one test turns logging on to check that.
   setLogLevel("silent");
-  // A self-signed certificate for 127.0.0.1 and localhost, made here and removed at once.
-  const openssl = existsSync("/usr/bin/openssl") ? "/usr/bin/openssl" : "openssl";
-  certDir = mkdtempSync(join(tmpdir(), "ditask_sec_tls_"));
-  execFileSync(
-    openssl,
-    [
-      "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-      "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "cert.pem"),
-      "-days", "1", "-subj", "/CN=localhost",
-      "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    ],
-    { stdio: "ignore" },
-  );
-  cert = readFileSync(join(certDir, "cert.pem"), "utf8");
-  key = readFileSync(join(certDir, "key.pem"), "utf8");
-  rmSync(certDir, { recursive: true, force: true });
-  certDir = undefined;
+  ({ cert, key } = selfSignedCert());
 });
 
 S.after.each(async () => {
@@ -75,7 +54,6 @@ S.after.each(async () => {
 });
 
 S.after(() => {
-  if (certDir) rmSync(certDir, { recursive: true, force: true });
   setLogLevel("warn");
 });
 
