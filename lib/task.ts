@@ -147,6 +147,12 @@ async function advance(g: AnyGen): Promise<boolean> {
   return !(step as IteratorResult<unknown>).done;
 }
 
+/** The error for an event name that is not a string (JavaScript callers). */
+function badEvent(verb: string, event: unknown): TypeError {
+  const shown = typeof event === "symbol" ? event.toString() : (JSON.stringify(event) ?? String(event));
+  return new TypeError(`Cannot ${verb} ${shown}: an event name must be a string`);
+}
+
 /**
  * The task: an event system and a step-by-step middleware pipeline, and (through `router`) the
  * node's link to its peers. `task` is the process-wide instance; `new Task()` makes another (tests).
@@ -318,26 +324,28 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * Emit an event: to the local listeners (synchronously, in registration order) and, when
    * distributed, to every connected peer.
    *
+   * @throws {TypeError} If `event` is not a string (also from `emitLocal`, `emitRemote`, `on`,
+   *   `once`; `waitFor` rejects with it).
    * @throws {TaskStateError} If the task is not running.
    * @throws {CodecError} If an argument cannot be sent to peers.
    * @throws {TransportError} (code `"ERR_DITASK_TOO_LARGE"`) If the event is larger than the
    *   mesh's `maxPayload` or `maxOutboxBytes`; nothing is delivered, not even locally.
    */
   emit<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning("emit", event);
+    this.#assertEvent("emit", event);
     this.router.publishTask(event, args as unknown as unknown[]);
     this.#emitLocal(event, args);
   }
 
   /** Emit to the local listeners only (DI-engine's `only_local`). */
   emitLocal<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning("emit", event);
+    this.#assertEvent("emit", event);
     this.#emitLocal(event, args);
   }
 
   /** Emit to the peers only (DI-engine's `only_remote`); nothing happens while not distributed. */
   emitRemote<K extends keyof E & string>(event: K, ...args: E[K]): void {
-    this.#assertRunning("emit", event);
+    this.#assertEvent("emit", event);
     this.router.publishTask(event, args as unknown as unknown[]);
   }
 
@@ -349,7 +357,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * @throws {TaskStateError} If the task is not running.
    */
   on<K extends keyof E & string>(event: K, fn: Listener<E[K]>): () => void {
-    this.#assertRunning("listen to", event);
+    this.#assertEvent("listen to", event);
     if (typeof fn !== "function") throw new TypeError(`Cannot listen to "${event}": the listener must be a function`);
     this.router.taskInterest(event, true);
     this.#bus.on(event, fn as unknown as Listener);
@@ -384,6 +392,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * ```
    */
   waitFor<K extends keyof E & string>(event: K, options: WaitForOptions = {}): Promise<E[K]> {
+    if (typeof event !== "string") return Promise.reject(badEvent("wait for", event));
     const { timeout = Infinity, signal } = options;
     if (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0) {
       return Promise.reject(new RangeError(`Cannot wait for "${event}": timeout must be a number >= 0, got ${timeout}`));
@@ -593,6 +602,12 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   // ---------------------------------------------------------------- private
 
   /** Throw unless running; the message is built only then (this runs on every emit). */
+  /** Throw unless `event` is a string and the task is running. */
+  #assertEvent(verb: string, event: string): void {
+    if (typeof event !== "string") throw badEvent(verb, event);
+    this.#assertRunning(verb, event);
+  }
+
   #assertRunning(verb: string, event?: string): void {
     if (this.#running) return;
     const what = event === undefined ? verb : `${verb} "${event}"`;

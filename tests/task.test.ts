@@ -325,6 +325,26 @@ Events("on() rejects a non-function listener with TypeError", () => {
   t.stop();
 });
 
+Events("an event name that is not a string is refused with a TypeError naming it", async () => {
+  const t = new Task();
+  t.start();
+  const bad = (verb: string, shown: string) => (e: unknown) =>
+    e instanceof TypeError && (e as Error).message === `Cannot ${verb} ${shown}: an event name must be a string`;
+  let heard = 0;
+  t.on("123", () => void heard++);
+  assert.throws(() => t.emit(123 as never), bad("emit", "123"));
+  assert.throws(() => t.emitLocal(undefined as never), bad("emit", "undefined"));
+  assert.throws(() => t.emitRemote({} as never), bad("emit", "{}"));
+  assert.throws(() => t.on(Symbol("s") as never, () => {}), bad("listen to", "Symbol(s)"));
+  assert.throws(() => t.once(null as never, () => {}), bad("listen to", "null"));
+  await t.waitFor(7 as never).then(
+    () => assert.unreachable("waitFor(7) resolved"),
+    (e: unknown) => assert.ok(bad("wait for", "7")(e), String(e)),
+  );
+  assert.is(heard, 0, 'emit(123) did not reach the listeners of "123"');
+  t.stop();
+});
+
 const Pipeline = suite("Task middleware");
 
 Pipeline("forward twice then renew (DI-engine test_serial_pipeline)", async () => {
