@@ -50,6 +50,13 @@ interface Held {
   from: number;
 }
 
+/** Refuse a topic that is not a string (JavaScript callers), naming it. */
+function checkTopic(verb: string, topic: unknown): void {
+  if (typeof topic === "string") return;
+  const shown = typeof topic === "symbol" ? topic.toString() : (JSON.stringify(topic) ?? String(topic));
+  throw new TypeError(`Cannot ${verb} ${shown}: a topic must be a string`);
+}
+
 /**
  * Connects a task's events to other nodes through a {@link Transport}: DI-engine's `Parallel`
  * instance as seen through `task.router`. It is inactive until `Parallel.runner` (or a test)
@@ -181,6 +188,8 @@ export class Router {
    * @returns A function that removes the listener.
    */
   on(topic: string, fn: Listener): () => void {
+    checkTopic("listen to", topic);
+    if (typeof fn !== "function") throw new TypeError(`Cannot listen to "${topic}": the listener must be a function`);
     this.#transport?.subscribe(topic);
     return this.#bus.on(topic, fn);
   }
@@ -204,9 +213,13 @@ export class Router {
    * Send `args` under `topic` to every connected peer (not to this node). Does nothing while
    * inactive.
    *
+   * @throws {TypeError} If `topic` is not a string.
    * @throws {CodecError} If an argument cannot be encoded; the message names the topic.
+   * @throws {TransportError} (code `"ERR_DITASK_TOO_LARGE"`) If the message is larger than the
+   *   mesh's `maxPayload` or `maxOutboxBytes`; nothing is sent.
    */
   emit(topic: string, ...args: unknown[]): void {
+    checkTopic("emit", topic);
     if (!this.#transport) return;
     this.#publish(topic, args);
   }

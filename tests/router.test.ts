@@ -35,6 +35,16 @@ R("an inactive router: nodeId null, no peers, emit is a no-op", () => {
   r.emit("x", 1);
 });
 
+R("a topic that is not a string, or a listener that is not a function, is a TypeError naming it", () => {
+  const r = new Router();
+  const bad = (verb: string, shown: string) => (e: unknown) =>
+    e instanceof TypeError && (e as Error).message === `Cannot ${verb} ${shown}: a topic must be a string`;
+  assert.throws(() => r.emit(5 as never), bad("emit", "5"));
+  assert.throws(() => r.on(undefined as never, () => {}), bad("listen to", "undefined"));
+  assert.throws(() => r.once(null as never, () => {}), bad("listen to", "null"));
+  assert.throws(() => r.on("t", "f" as never), (e: unknown) => e instanceof TypeError && /"t": the listener must be a function/.test((e as Error).message));
+});
+
 R("task events reach peers under task.<event>, never the sender itself", async () => {
   const [a, b, c] = await nodes(3);
   const got: string[] = [];
