@@ -19,7 +19,7 @@ import {
 import { createTransport } from "./transport/mod.ts";
 import { padParam } from "./platform/spec.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
-import { IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
+import { checkNodeLimits, IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
 
 export { padParam };
 /** Re-exported for the CLI, which loads this module (and so the transport) only when it launches. */
@@ -77,7 +77,7 @@ export interface ParallelOptions {
   secret?: string;
   /** Serve and dial `wss` with this certificate and key (PEM), verifying peers against `ca`. tcp only. */
   tls?: TlsOptions;
-  /** Ping each link this often, in ms. @default 2500 */
+  /** Ping each link this often, in ms; shorter than `heartbeatTimeout`. @default 2500, or a quarter of `heartbeatTimeout` when that is less */
   heartbeatInterval?: number;
   /** A silent link is dropped, and a dropped peer that does not return is reported as left, after this many ms. @default 15000 */
   heartbeatTimeout?: number;
@@ -198,6 +198,9 @@ export function normalizeOptions(options: ParallelOptions): Required<
       throw new RangeError(`Invalid ports: ${ports.length} ports for ${n} workers`);
     }
   }
+  if (options.attachTo !== undefined && !Array.isArray(options.attachTo)) {
+    throw new TypeError(`Invalid attachTo ${JSON.stringify(options.attachTo)}: expected an array of addresses`);
+  }
   const attachTo = [...(options.attachTo ?? [])];
   attachTo.forEach((a) => parseAddress(a));
   if (options.expectPeers !== undefined) {
@@ -238,6 +241,8 @@ export function normalizeOptions(options: ParallelOptions): Required<
     log.warn('DITASK_SECRET is set but mqType is "redis": the secret is not used; Redis authenticates through redisUrl');
     secret = undefined;
   }
+  // Checked here too, so that bad values stop the launch before any worker starts.
+  checkNodeLimits(options);
   if (options.startupInterval !== undefined && !(options.startupInterval >= 0)) {
     throw new RangeError(`Invalid startupInterval ${JSON.stringify(options.startupInterval)}: expected a number >= 0`);
   }

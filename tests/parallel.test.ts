@@ -134,6 +134,19 @@ Plan("bad options throw at once with errors naming the problem", () => {
   assert.ok(normalizeOptions({ nParallelWorkers: 1, mqType: "nng" }));
 });
 
+Plan("bad attachTo, limits and heartbeat settings stop the runner before any worker starts", () => {
+  const refused = (o: object, re: RegExp) =>
+    assert.throws(() => Parallel.runner({ nParallelWorkers: 2, ...o }), (e: unknown) => e instanceof TypeError && re.test((e as Error).message));
+  refused({ attachTo: "tcp://h:1" }, /Invalid attachTo "tcp:\/\/h:1": expected an array of addresses/);
+  refused({ maxPayload: -5 }, /Invalid maxPayload -5: expected a number > 0/);
+  refused({ connectTimeout: "5" }, /Invalid connectTimeout "5"/);
+  refused({ maxOutboxBytes: NaN }, /Invalid maxOutboxBytes/);
+  refused({ heartbeatInterval: 100, heartbeatTimeout: 10 }, /heartbeatInterval 100: it must be shorter than heartbeatTimeout \(10 ms\)/);
+  refused({ heartbeatInterval: 20_000 }, /shorter than heartbeatTimeout \(15000 ms\)/);
+  // A short timeout alone is fine: the interval follows it.
+  Parallel.runner({ nParallelWorkers: 2, heartbeatTimeout: 400 });
+});
+
 Plan("makeLaunchDir: a temp dir too deep for the ipc sockets is passed over for a shorter one; with none, ERR_DITASK_IPC_PATH", () => {
   const { deep, root, done } = deepDir();
   try {

@@ -357,6 +357,18 @@ if (!exe) {
     assert.equal(b!.peers, [0]);
   });
 
+  R("a short peerTimeout alone refreshes presence often enough: idle peers are not reported as left", async () => {
+    // Before: presence went out every 1000 ms whatever the timeout, so with 400 ms peers flapped.
+    const { nodes: [a, b] } = await cluster(2, { peerTimeout: 400 });
+    const events: PeerEvent[] = [];
+    a!.onPeer((e) => events.push(e));
+    b!.onPeer((e) => events.push(e));
+    // Idle for three timeouts: the subject of the test, not a wait for something to happen.
+    await new Promise((r) => setTimeout(r, 1200));
+    assert.equal(events.map((e) => `${e.type} ${e.nodeId}`), []);
+    assert.equal([a!.peers, b!.peers], [[1], [0]]);
+  });
+
   R("a node that dies without close() is reported as left after peerTimeout", async () => {
     const srv = await server();
     const job = newJob();

@@ -278,4 +278,28 @@ R("a peer that closes normally is reported as left at once and not redialed", as
   assert.equal(events, ["left 0"]);
 });
 
+R("a short heartbeatTimeout alone pings often enough: an idle link is not dropped", async () => {
+  // Before: pings stayed at 2500 ms, so every link idle for 400 ms was dropped and redialed.
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", heartbeatTimeout: 400 });
+  const b = await node({ nodeId: 1, dial: [a.address!], heartbeatTimeout: 400 });
+  await Promise.all([a.open(), b.open()]);
+  const logged: string[] = [];
+  const origError = console.error;
+  console.error = (...args: unknown[]) => void logged.push(args.map(String).join(" "));
+  setLogLevel("info");
+  try {
+    // Idle for three timeouts: the subject of the test, not a wait for something to happen.
+    await new Promise((r) => setTimeout(r, 1200));
+  } finally {
+    console.error = origError;
+    setLogLevel("error");
+  }
+  assert.equal(logged.filter((l) => /silent for|dropped/.test(l)), []);
+  assert.equal([a.peers, b.peers], [[1], [0]]);
+  assert.throws(
+    () => new WsMeshTransport({ nodeId: 2, heartbeatInterval: 500, heartbeatTimeout: 500 }),
+    (e: unknown) => e instanceof TypeError && /heartbeatInterval 500: it must be shorter than heartbeatTimeout \(500 ms\)/.test((e as Error).message),
+  );
+});
+
 R.run();

@@ -53,7 +53,7 @@ export interface RedisTransportOptions {
   labels?: string[];
   /** How long `open()` waits for Redis and the expected peers, in ms. @default 60000 */
   connectTimeout?: number;
-  /** How often this node refreshes its presence and sends a heartbeat, in ms. @default 1000 */
+  /** How often this node refreshes its presence and sends a heartbeat, in ms. @default 1000, or a quarter of `peerTimeout` when that is less */
   heartbeatInterval?: number;
   /**
    * A peer not heard from for this long is reported as left; it is also how long a presence key
@@ -189,8 +189,9 @@ export class RedisTransport extends TransportListeners implements Transport {
     this.#key = presenceKey(this.#names, this.nodeId);
     this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
     this.#connectTimeout = options.connectTimeout ?? 60_000;
-    this.#heartbeatInterval = options.heartbeatInterval ?? 1000;
     this.#peerTimeout = options.peerTimeout ?? 15_000;
+    // A short peerTimeout alone asks for quick detection: refresh presence often enough for it.
+    this.#heartbeatInterval = options.heartbeatInterval ?? Math.min(1000, this.#peerTimeout / 4);
     this.#maxQueuedBytes = options.maxQueuedBytes ?? 256 * 1024 * 1024;
     const { clientOptions, display } = clientConfig(options);
     this.#clientOptions = clientOptions;

@@ -36,6 +36,7 @@ import {
   formatAddress,
   type HelloFrame,
   LARGE_PAYLOAD,
+  checkNodeLimits,
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,
@@ -77,7 +78,7 @@ export interface WsMeshOptions {
   secret?: string;
   /** Serve `wss` with this certificate, and verify `wss` peers against `ca`. */
   tls?: TlsOptions;
-  /** Ping every link this often, in ms. @default 2500 */
+  /** Ping every link this often, in ms; shorter than `heartbeatTimeout`. @default 2500, or a quarter of `heartbeatTimeout` when that is less */
   heartbeatInterval?: number;
   /**
    * A link silent (no frame, no pong) this long is dropped, and a peer whose link dropped without
@@ -255,22 +256,15 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     this.#listen = options.listen === undefined ? undefined : parseAddress(options.listen, { listen: true });
     this.#dial = (options.dial ?? []).map((a) => parseAddress(a));
     this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
+    checkNodeLimits(options);
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#connectTimeout = options.connectTimeout ?? 60_000;
     this.#secret = options.secret === "" ? undefined : options.secret;
     this.#tls = options.tls;
-    this.#hbInterval = options.heartbeatInterval ?? 2500;
     this.#hbTimeout = options.heartbeatTimeout ?? 15_000;
+    // A short timeout alone asks for quick detection: ping often enough for it.
+    this.#hbInterval = options.heartbeatInterval ?? Math.min(2500, this.#hbTimeout / 4);
     this.#maxOutbox = options.maxOutboxBytes ?? 256 * 1024 * 1024;
-    for (const [name, v] of [
-      ["maxPayload", this.#maxPayload],
-      ["connectTimeout", this.#connectTimeout],
-      ["heartbeatInterval", this.#hbInterval],
-      ["heartbeatTimeout", this.#hbTimeout],
-      ["maxOutboxBytes", this.#maxOutbox],
-    ] as const) {
-      if (typeof v !== "number" || !(v > 0)) throw new TypeError(`Invalid ${name} ${v}: expected a number > 0`);
-    }
     if (this.#tls && this.#listen?.kind === "ipc") throw new TypeError("Invalid options: tls needs a tcp listen address");
   }
 
