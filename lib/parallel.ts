@@ -107,6 +107,11 @@ export interface WorkerPlan {
    * the run ends; a worker that outlives its launcher (killed by SIGKILL) removes it instead.
    */
   runDir?: string;
+  /**
+   * Which runner call of the launcher's script this plan belongs to (0 for the first). A worker
+   * re-runs the script: earlier runner calls return at once, and this one runs its `main`.
+   */
+  call?: number;
   secret?: string;
   tls?: TlsOptions;
   heartbeatInterval?: number;
@@ -573,6 +578,9 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
   if (failure) throw failure;
 }
 
+/** Runner calls made in this process so far (see {@link WorkerPlan.call}). */
+let runnerCalls = 0;
+
 /**
  * DI-engine's `Parallel`: run `main` in several processes that talk through `task` events.
  *
@@ -596,7 +604,9 @@ export class Parallel {
    * The launching process starts `nParallelWorkers` workers by running the same script again; in
    * each, `main(...args)` runs as one node with `task.router` active, and the process ends when
    * `main` returns (code after the runner call runs only in the launcher). With one worker, `main`
-   * runs in this process. The runner resolves when every worker ended well.
+   * runs in this process. The runner resolves when every worker ended well. A script may launch
+   * several times (one runner call after another): each worker runs the `main` of its own call,
+   * and in a worker the earlier calls return at once, so the code before its call runs there too.
    *
    * @throws {TypeError|RangeError|DitaskError} At once, for invalid options.
    * @throws {WorkerExitError} (rejects) When a worker throws, exits with a non-zero code or is
@@ -607,9 +617,13 @@ export class Parallel {
     const opts = normalizeOptions(options);
     return async <A extends unknown[]>(main: MainFn<A>, ...args: A): Promise<void> => {
       if (typeof main !== "function") throw new TypeError("Parallel.runner(...)(main): main must be a function");
+      const call = runnerCalls++;
       const raw = getEnv(WORKER_ENV);
       if (raw !== undefined) {
-        await runWorker(readPlan(raw), main, args);
+        const plan = readPlan(raw);
+        // A script with several runner calls: this worker belongs to a later one.
+        if (call < (plan.call ?? 0)) return;
+        await runWorker(plan, main, args);
         return;
       }
       const n = opts.nParallelWorkers;
@@ -619,6 +633,7 @@ export class Parallel {
       try {
         const ports = opts.protocol === "tcp" && opts.ports === undefined ? await freePorts(n, opts.address) : undefined;
         const plans = planWorkers(opts, { dir, ports });
+        for (const plan of plans) plan.call = call;
         if (n === 1) {
           try {
             await runNode(plans[0]!, main, args);

@@ -275,6 +275,23 @@ P("a worker that cannot be started (its environment is too large: E2BIG) fails t
   assert.not.match(r.stdout, /started/);
 });
 
+P("a script that launches twice: each launch's workers run that launch's main", async () => {
+  // Before: the workers of the second launch ran the first main (the first runner call they met).
+  const r = await run("two_launches");
+  assert.is(r.code, 0, r.stderr);
+  const out = lines(r.stdout);
+  const firstDone = out.indexOf("launch first done");
+  assert.equal(out.slice(0, firstDone).sort(), ["first main on node 0", "first main on node 1"], r.stdout);
+  // The second launch's workers re-ran the script: its first runner call returned at once there.
+  assert.equal(out.filter((l) => l.includes(" main on ")).sort(), [
+    "first main on node 0",
+    "first main on node 1",
+    "second main on node 0",
+    "second main on node 1",
+  ]);
+  assert.is(out.at(-1), "launch second done");
+});
+
 P("test_uncaught_exception: the runner rejects naming the node and the message; others stop", async () => {
   const t0 = Date.now();
   const r = await run("uncaught");

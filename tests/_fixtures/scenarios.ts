@@ -288,6 +288,15 @@ const mains: Record<string, () => Promise<void>> = {
   },
 };
 
+if (name === "two_launches") {
+  // One script, two launches one after the other, each with its own main.
+  for (const which of ["first", "second"]) {
+    await Parallel.runner(options)(async () => say(`${which} main on node ${id()}`));
+    say(`launch ${which} done`);
+  }
+  process.exit(0);
+}
+
 const main = mains[name];
 if (!main) {
   console.error(`unknown scenario "${name}"`);
