@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { task } from "./task.ts";
+import { cborCodec } from "./codec.ts";
 import { DitaskError, fromPlainError, type PlainError, toPlainError, WorkerExitError } from "./errors.ts";
 import { log } from "./log.ts";
 import {
@@ -112,6 +113,11 @@ export interface WorkerPlan {
    * re-runs the script: earlier runner calls return at once, and this one runs its `main`.
    */
   call?: number;
+  /**
+   * `main`'s arguments as the launcher had them (base64 CBOR), when CBOR carries them as they are
+   * (see {@link sendableArgs}); else each worker uses those of its own run of the script.
+   */
+  args?: string;
   secret?: string;
   tls?: TlsOptions;
   heartbeatInterval?: number;
@@ -403,7 +409,43 @@ async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, a
   }
 }
 
+/**
+ * Whether CBOR carries `v` as it is: `undefined`, `null`, booleans, numbers (not -0), strings,
+ * bigints, arrays, plain objects (string keys), `Map`, `Set`, `Date` and typed arrays, nested
+ * without cycles or shared parts. Class instances lose their class, functions cannot be sent.
+ */
+export function sendableArgs(v: unknown, depth = 0, seen: Set<object> = new Set()): boolean {
+  if (v === null || typeof v !== "object") {
+    return typeof v !== "function" && typeof v !== "symbol" && !Object.is(v, -0);
+  }
+  if (depth > 64 || seen.has(v)) return false;
+  seen.add(v);
+  const all = (xs: Iterable<unknown>) => {
+    for (const x of xs) if (!sendableArgs(x, depth + 1, seen)) return false;
+    return true;
+  };
+  if (Array.isArray(v)) return all(v);
+  if (v instanceof Date) return true;
+  if (ArrayBuffer.isView(v)) return !(v instanceof DataView);
+  if (v instanceof Map) return all(v.keys()) && all(v.values());
+  if (v instanceof Set) return all(v);
+  const proto = Object.getPrototypeOf(v);
+  if (proto !== Object.prototype && proto !== null) return false;
+  return Object.getOwnPropertySymbols(v).length === 0 && all(Object.values(v));
+}
+
+/** `args` for the plans (base64 CBOR), or undefined when they cannot be sent as they are. */
+function encodeArgs(args: unknown[]): string | undefined {
+  if (args.length === 0 || !sendableArgs(args)) return undefined;
+  const bytes = cborCodec.encode(args);
+  const b64 = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  if (cborCodec.pooled?.(bytes)) cborCodec.release!(bytes);
+  return b64;
+}
+
 async function runWorker<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, args: A): Promise<never> {
+  // The launcher's arguments win over this run's own (which may differ: a timestamp, a seed).
+  if (plan.args !== undefined) args = cborCodec.decode(Buffer.from(plan.args, "base64")) as A;
   if (getEnv("DITASK_WATCH_PARENT") === "1") {
     // The launcher holds our stdin: when it dies (even by SIGKILL), stdin ends and so do we. A
     // launcher killed that way could not remove its directory, so the first worker to notice does
@@ -633,7 +675,11 @@ export class Parallel {
       try {
         const ports = opts.protocol === "tcp" && opts.ports === undefined ? await freePorts(n, opts.address) : undefined;
         const plans = planWorkers(opts, { dir, ports });
-        for (const plan of plans) plan.call = call;
+        const sent = n > 1 ? encodeArgs(args) : undefined;
+        for (const plan of plans) {
+          plan.call = call;
+          if (sent !== undefined) plan.args = sent;
+        }
         if (n === 1) {
           try {
             await runNode(plans[0]!, main, args);

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
-import { makeLaunchDir, Parallel, normalizeOptions, padParam, planWorkers } from "../lib/parallel.ts";
+import { makeLaunchDir, Parallel, normalizeOptions, padParam, planWorkers, sendableArgs } from "../lib/parallel.ts";
 import { DitaskError } from "../lib/errors.ts";
 import { IPC_PATH_MAX } from "../lib/transport/ws/protocol.ts";
 import { redisTransportOptions } from "../lib/transport/mod.ts";
@@ -290,6 +290,31 @@ P("a script that launches twice: each launch's workers run that launch's main", 
     "second main on node 1",
   ]);
   assert.is(out.at(-1), "launch second done");
+});
+
+P("main's arguments come from the launcher when CBOR carries them as they are; else each worker's own", async () => {
+  // Before: each worker computed its own (here a different random seed in every process).
+  const r = await run("args");
+  assert.is(r.code, 0, r.stderr);
+  const out = lines(r.stdout);
+  const seed = out.find((l) => l.startsWith("launcher seed "))!.slice("launcher seed ".length);
+  assert.equal(out.filter((l) => l.includes(" seed ") && l.startsWith("node")).sort(), [
+    `node 0 seed ${seed} when true arr Float32Array 2.5`,
+    `node 1 seed ${seed} when true arr Float32Array 2.5`,
+  ]);
+  // A class instance cannot be sent as it is: the workers use their own, methods and all.
+  assert.equal(out.filter((l) => l.includes(" cfg ")).sort(), ["node 0 cfg twice 42", "node 1 cfg twice 42"]);
+});
+
+Plan("sendableArgs: what CBOR carries as it is", () => {
+  const yes = [1, "s", null, undefined, 2n, NaN, [1, [2]], { a: { b: [new Date(0)] } }, new Map([[1, "x"]]), new Set([1]), new Float32Array(2), Object.create(null)];
+  yes.forEach((v, i) => assert.ok(sendableArgs([v]), `yes[${i}]`));
+  const shared = { x: 1 };
+  const cyc: Record<string, unknown> = {};
+  cyc.self = cyc;
+  class K {}
+  const no = [-0, () => 1, Symbol("s"), new K(), new DataView(new ArrayBuffer(1)), new ArrayBuffer(1), cyc, [shared, shared], { [Symbol("k")]: 1 }, new Error("e")];
+  no.forEach((v, i) => assert.not.ok(sendableArgs([v]), `no[${i}]`));
 });
 
 P("test_uncaught_exception: the runner rejects naming the node and the message; others stop", async () => {

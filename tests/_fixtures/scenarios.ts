@@ -297,6 +297,28 @@ if (name === "two_launches") {
   process.exit(0);
 }
 
+if (name === "args") {
+  // main's arguments: random in each run of the script, and a class instance.
+  const seed = Math.random();
+  if (process.env.DITASK_WORKER === undefined) say(`launcher seed ${seed}`);
+  await Parallel.runner(options)(
+    async (s: number, cfg: { when: Date; arr: Float32Array }) => say(`node ${id()} seed ${s} when ${cfg.when instanceof Date} arr ${cfg.arr.constructor.name} ${cfg.arr[1]}`),
+    seed,
+    { when: new Date(0), arr: new Float32Array([1.5, 2.5]) },
+  );
+  class Cfg {
+    readonly v: number;
+    constructor(v: number) {
+      this.v = v;
+    }
+    twice(): number {
+      return this.v * 2;
+    }
+  }
+  await Parallel.runner(options)(async (c: Cfg) => say(`node ${id()} cfg twice ${c.twice()}`), new Cfg(21));
+  process.exit(0);
+}
+
 const main = mains[name];
 if (!main) {
   console.error(`unknown scenario "${name}"`);
