@@ -12,7 +12,7 @@
 //   --repeat <n>        run each stream, round-trip and 4-node test n times in fresh processes and
 //                       report the medians (default 3; 1 with --quick)
 //   --wait-quiet <s>    before each test, wait up to <s> seconds until other processes use < 15% CPU
-//   --cpu-prof <dir>    Node only: the child processes write V8 CPU profiles into <dir>
+//   --cpu-prof <dir>    the child processes (Node and Deno) write V8 CPU profiles into <dir>
 //   --verbose           pass the child processes' own output through
 //   --no-redis          skip the Redis rows (run when redis-server is installed)
 //

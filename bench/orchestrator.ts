@@ -558,15 +558,16 @@ async function slowTest(rt: Runtime, opts: Options, side: Side, p: Plan["slow"])
 // ------------------------------------------------------------------ one runtime
 
 function runtimeOf(name: RuntimeName, opts: Options): Runtime {
+  // Node and Deno take the same flags for V8 CPU profiles.
+  const prof = opts.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${resolve(opts.cpuProf)}`] : [];
   if (name === "node") {
     const script = join(ROOT, "dist", "bench", "bench.js");
     if (!existsSync(script)) throw new Error(`${script} is missing: build first (npm run build)`);
-    const prof = opts.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${resolve(opts.cpuProf)}`] : [];
     return { name, cmd: current === "node" ? process.execPath : "node", args: [...prof, script] };
   }
   const local = join(ROOT, "node_modules", "deno", "deno");
   const cmd = current === "deno" ? process.execPath : process.env.DITASK_DENO ?? (existsSync(local) ? local : "deno");
-  return { name, cmd, args: ["run", "-A", join(ROOT, "bench", "bench.ts")] };
+  return { name, cmd, args: ["run", ...prof, "-A", join(ROOT, "bench", "bench.ts")] };
 }
 
 /** --wait-quiet: wait up to this many seconds before each test for the machine to be quiet. */
