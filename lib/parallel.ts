@@ -553,7 +553,12 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
     };
     let child: ChildProcess;
     try {
-      child = spawnScript(script, args, { env, watchParent: true, stdio: outputPrefix ? "pipe" : "inherit" });
+      child = spawnScript(script, args, {
+        env,
+        watchParent: true,
+        stdio: outputPrefix ? "pipe" : "inherit",
+        inspectOffset: plan.localId + 1,
+      });
     } catch (err) {
       // Thrown at once (E2BIG: the environment is too large for the kernel).
       return Promise.resolve([null, null, (err as Error).message]);

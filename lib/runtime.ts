@@ -100,7 +100,16 @@ export interface SpawnScriptOptions {
   watchParent?: boolean;
   /** The child's working directory. @default this process's */
   cwd?: string;
+  /**
+   * Node, when this process runs with an inspector flag (`--inspect`, `--inspect-brk`, ...): the
+   * child's inspector listens this many ports above ours (`--inspect-port`), as Node's cluster
+   * does for its workers, instead of failing on our port.
+   */
+  inspectOffset?: number;
 }
+
+/** Node's inspector flags, which a child would otherwise try to open on this process's port. */
+const INSPECT_FLAG = /^--inspect(-brk|-wait)?(=|$)|^--inspect-port(=|$)/;
 
 /**
  * Start `script` with `args` in a new process of the same runtime (Node: `node <execArgv> script`;
@@ -116,7 +125,12 @@ export function spawnScript(script: string, args: string[], options: SpawnScript
     argv = ["run", "-A", script, ...args];
   } else {
     cmd = deno ? "node" : process.execPath;
-    argv = [...(deno ? [] : process.execArgv), script, ...args];
+    const execArgv = deno ? [] : [...process.execArgv];
+    if (options.inspectOffset !== undefined && execArgv.some((a) => INSPECT_FLAG.test(a))) {
+      // Port 0 (a free port) stays 0 for every child.
+      execArgv.push(`--inspect-port=${process.debugPort === 0 ? 0 : process.debugPort + options.inspectOffset}`);
+    }
+    argv = [...execArgv, script, ...args];
   }
   return spawn(cmd, argv, {
     env: options.env,

@@ -317,6 +317,46 @@ Plan("sendableArgs: what CBOR carries as it is", () => {
   no.forEach((v, i) => assert.not.ok(sendableArgs([v]), `no[${i}]`));
 });
 
+/** A port p such that p, p+1 and p+2 are free on 127.0.0.1 (checked by binding them). */
+async function threeFreePorts(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const bindable = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once("error", () => resolve(false));
+      srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
+    });
+  for (let i = 0; i < 20; i++) {
+    const [p] = await freePorts(1);
+    if (p! < 65000 && (await bindable(p! + 1)) && (await bindable(p! + 2))) return p!;
+  }
+  throw new Error("no three consecutive free ports");
+}
+
+if (runtimeKey === "node") {
+  P("node --inspect on the launcher: each worker's inspector takes the next port instead of failing on the launcher's", async () => {
+    const { spawn } = await import("node:child_process");
+    const port = await threeFreePorts();
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+    const child = spawn(process.execPath, [`--inspect=127.0.0.1:${port}`, scenarios, "parallel_run", JSON.stringify({ protocol: "tcp" })], { env });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+    try {
+      const code = await withTimeout(new Promise<number | null>((r) => child.on("close", r)), 30_000, "launcher exit");
+      assert.is(code, 0, err);
+      assert.equal(lines(out).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"]);
+      const listening = [...err.matchAll(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//g)].map((m) => Number(m[1])).sort();
+      assert.equal(listening, [port, port + 1, port + 2], err);
+      assert.not.match(err, /address already in use/);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+}
+
 P("test_uncaught_exception: the runner rejects naming the node and the message; others stop", async () => {
   const t0 = Date.now();
   const r = await run("uncaught");
