@@ -101,7 +101,8 @@ export interface SpawnScriptOptions {
   /** The child's working directory. @default this process's */
   cwd?: string;
   /**
-   * Node, when this process runs with an inspector flag (`--inspect`, `--inspect-brk`, ...): the
+   * Node, when this process runs with an inspector flag (`--inspect`, `--inspect-brk`, ..., on its
+   * command line or in `NODE_OPTIONS` of `env`): the
    * child's inspector listens this many ports above ours (`--inspect-port`), as Node's cluster
    * does for its workers, instead of failing on our port.
    */
@@ -126,8 +127,10 @@ export function spawnScript(script: string, args: string[], options: SpawnScript
   } else {
     cmd = deno ? "node" : process.execPath;
     const execArgv = deno ? [] : [...process.execArgv];
-    if (options.inspectOffset !== undefined && execArgv.some((a) => INSPECT_FLAG.test(a))) {
-      // Port 0 (a free port) stays 0 for every child.
+    const nodeOptions = options.env?.NODE_OPTIONS?.split(/\s+/) ?? [];
+    if (options.inspectOffset !== undefined && [...execArgv, ...nodeOptions].some((a) => INSPECT_FLAG.test(a))) {
+      // Port 0 (a free port) stays 0 for every child. On the command line, it wins over an
+      // inspector flag in NODE_OPTIONS.
       execArgv.push(`--inspect-port=${process.debugPort === 0 ? 0 : process.debugPort + options.inspectOffset}`);
     }
     argv = [...execArgv, script, ...args];

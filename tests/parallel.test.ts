@@ -334,25 +334,30 @@ async function threeFreePorts(): Promise<number> {
 }
 
 if (runtimeKey === "node") {
-  P("node --inspect on the launcher: each worker's inspector takes the next port instead of failing on the launcher's", async () => {
+  P("node --inspect on the launcher (flag or NODE_OPTIONS): each worker's inspector takes the next port", async () => {
     const { spawn } = await import("node:child_process");
-    const port = await threeFreePorts();
-    const env: Record<string, string> = {};
-    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
-    const child = spawn(process.execPath, [`--inspect=127.0.0.1:${port}`, scenarios, "parallel_run", JSON.stringify({ protocol: "tcp" })], { env });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
-    try {
-      const code = await withTimeout(new Promise<number | null>((r) => child.on("close", r)), 30_000, "launcher exit");
-      assert.is(code, 0, err);
-      assert.equal(lines(out).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"]);
-      const listening = [...err.matchAll(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//g)].map((m) => Number(m[1])).sort();
-      assert.equal(listening, [port, port + 1, port + 2], err);
-      assert.not.match(err, /address already in use/);
-    } finally {
-      child.kill("SIGKILL");
+    for (const via of ["flag", "NODE_OPTIONS"]) {
+      const port = await threeFreePorts();
+      const inspect = `--inspect=127.0.0.1:${port}`;
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+      if (via === "NODE_OPTIONS") env.NODE_OPTIONS = inspect;
+      const argv = [...(via === "flag" ? [inspect] : []), scenarios, "parallel_run", JSON.stringify({ protocol: "tcp" })];
+      const child = spawn(process.execPath, argv, { env });
+      let out = "";
+      let err = "";
+      child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+      child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+      try {
+        const code = await withTimeout(new Promise<number | null>((r) => child.on("close", r)), 30_000, "launcher exit");
+        assert.is(code, 0, err);
+        assert.equal(lines(out).sort(), ["launcher done", "node 0 got ping", "node 1 got ping"], via);
+        const listening = [...err.matchAll(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//g)].map((m) => Number(m[1])).sort();
+        assert.equal(listening, [port, port + 1, port + 2], `${via}: ${err}`);
+        assert.not.match(err, /address already in use/, via);
+      } finally {
+        child.kill("SIGKILL");
+      }
     }
   });
 }
