@@ -175,3 +175,17 @@ export function fromPlainError(plain: PlainError): RemoteError {
   if (plain.stack !== undefined) opts.remoteStack = plain.stack;
   return new RemoteError(plain.message, opts);
 }
+
+/**
+ * The `TypeError` for a name that must be a string and is not (JavaScript callers): an event name
+ * or a router topic. The value is shown as JSON (a symbol as itself).
+ *
+ * @example
+ * ```ts
+ * notAString("emit", 123, "an event name"); // TypeError: Cannot emit 123: an event name must be a string
+ * ```
+ */
+export function notAString(verb: string, value: unknown, what: string): TypeError {
+  const shown = typeof value === "symbol" ? value.toString() : (JSON.stringify(value) ?? String(value));
+  return new TypeError(`Cannot ${verb} ${shown}: ${what} must be a string`);
+}

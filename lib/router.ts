@@ -1,6 +1,6 @@
 import { EventBus, type Listener } from "./events.ts";
 import { cborCodec, type Codec } from "./codec.ts";
-import { CodecError, TaskStateError } from "./errors.ts";
+import { CodecError, notAString, TaskStateError } from "./errors.ts";
 import { log } from "./log.ts";
 import type { PeerEvent, Transport, TransportMessage } from "./transport/types.ts";
 
@@ -48,13 +48,6 @@ interface Held {
   topic: string;
   args: unknown[];
   from: number;
-}
-
-/** Refuse a topic that is not a string (JavaScript callers), naming it. */
-function checkTopic(verb: string, topic: unknown): void {
-  if (typeof topic === "string") return;
-  const shown = typeof topic === "symbol" ? topic.toString() : (JSON.stringify(topic) ?? String(topic));
-  throw new TypeError(`Cannot ${verb} ${shown}: a topic must be a string`);
 }
 
 /**
@@ -188,7 +181,7 @@ export class Router {
    * @returns A function that removes the listener.
    */
   on(topic: string, fn: Listener): () => void {
-    checkTopic("listen to", topic);
+    if (typeof topic !== "string") throw notAString("listen to", topic, "a topic");
     if (typeof fn !== "function") throw new TypeError(`Cannot listen to "${topic}": the listener must be a function`);
     this.#transport?.subscribe(topic);
     return this.#bus.on(topic, fn);
@@ -219,7 +212,7 @@ export class Router {
    *   mesh's `maxPayload` or `maxOutboxBytes`; nothing is sent.
    */
   emit(topic: string, ...args: unknown[]): void {
-    checkTopic("emit", topic);
+    if (typeof topic !== "string") throw notAString("emit", topic, "a topic");
     if (!this.#transport) return;
     this.#publish(topic, args);
   }

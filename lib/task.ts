@@ -1,6 +1,6 @@
 import { type AnyEvents, EventBus, type EventMap, type Listener } from "./events.ts";
 import { Context } from "./context.ts";
-import { TaskStateError, TimeoutError } from "./errors.ts";
+import { notAString, TaskStateError, TimeoutError } from "./errors.ts";
 import { Router } from "./router.ts";
 import { log } from "./log.ts";
 
@@ -145,12 +145,6 @@ async function advance(g: AnyGen): Promise<boolean> {
   const r = g.next();
   const step = isThenable(r) ? await r : r;
   return !(step as IteratorResult<unknown>).done;
-}
-
-/** The error for an event name that is not a string (JavaScript callers). */
-function badEvent(verb: string, event: unknown): TypeError {
-  const shown = typeof event === "symbol" ? event.toString() : (JSON.stringify(event) ?? String(event));
-  return new TypeError(`Cannot ${verb} ${shown}: an event name must be a string`);
 }
 
 /**
@@ -392,7 +386,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
    * ```
    */
   waitFor<K extends keyof E & string>(event: K, options: WaitForOptions = {}): Promise<E[K]> {
-    if (typeof event !== "string") return Promise.reject(badEvent("wait for", event));
+    if (typeof event !== "string") return Promise.reject(notAString("wait for", event, "an event name"));
     const { timeout = Infinity, signal } = options;
     if (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0) {
       return Promise.reject(new RangeError(`Cannot wait for "${event}": timeout must be a number >= 0, got ${timeout}`));
@@ -601,13 +595,13 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
   // ---------------------------------------------------------------- private
 
-  /** Throw unless running; the message is built only then (this runs on every emit). */
-  /** Throw unless `event` is a string and the task is running. */
+  /** Throw unless `event` is a string and the task is running (this runs on every emit). */
   #assertEvent(verb: string, event: string): void {
-    if (typeof event !== "string") throw badEvent(verb, event);
+    if (typeof event !== "string") throw notAString(verb, event, "an event name");
     this.#assertRunning(verb, event);
   }
 
+  /** Throw unless running; the message is built only then. */
   #assertRunning(verb: string, event?: string): void {
     if (this.#running) return;
     const what = event === undefined ? verb : `${verb} "${event}"`;
