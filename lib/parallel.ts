@@ -20,7 +20,8 @@ import {
 import { createTransport } from "./transport/mod.ts";
 import { padParam } from "./platform/spec.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
-import { checkNodeLimits, IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
+import { checkNodeLimits } from "./transport/limits.ts";
+import { IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
 
 export { padParam };
 /** Re-exported for the CLI, which loads this module (and so the transport) only when it launches. */

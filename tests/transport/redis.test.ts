@@ -95,6 +95,13 @@ W("frames round-trip; names escape glob characters of the job; membership messag
   assert.throws(() => t.publish("y".repeat(70_000), bytes(1)), /longer than 65535 bytes/);
   assert.throws(() => new RedisTransport({ nodeId: -1 }), /Invalid nodeId/);
   assert.throws(() => new RedisTransport({ nodeId: 0, redisPort: 70_000 }), /Invalid redisPort/);
+  // Limits and timings, checked as the mesh checks them (with Redis's name for the timeout).
+  assert.throws(() => new RedisTransport({ nodeId: 0, peerTimeout: -1 }), /Invalid peerTimeout -1: expected a number > 0/);
+  assert.throws(() => new RedisTransport({ nodeId: 0, maxQueuedBytes: 0 }), /Invalid maxQueuedBytes 0/);
+  assert.throws(
+    () => new RedisTransport({ nodeId: 0, heartbeatInterval: 2000, peerTimeout: 1000 }),
+    /Invalid heartbeatInterval 2000: it must be shorter than peerTimeout \(1000 ms\)/,
+  );
   assert.is(new RedisTransport({ nodeId: 0, redisUrl: "rediss://:pw@[::1]:7000/2" }).address, "rediss://[::1]:7000");
 });
 

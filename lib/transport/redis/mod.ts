@@ -9,6 +9,7 @@ import type { ConnectionOptions } from "node:tls";
 import type { Transport, TransportMessage } from "../types.ts";
 import { TransportError } from "../../errors.ts";
 import { TransportListeners } from "../_listeners.ts";
+import { checkNodeLimits } from "../limits.ts";
 import { log } from "../../log.ts";
 import { getEnv } from "../../runtime.ts";
 import {
@@ -175,10 +176,11 @@ export class RedisTransport extends TransportListeners implements Transport {
 
   /**
    * @param options See {@link RedisTransportOptions}.
-   * @throws {TypeError} If the node id, the URL, the port or the job is invalid.
+   * @throws {TypeError} If the node id, the URL, the port, the job, a limit or a timing is invalid.
    */
   constructor(options: RedisTransportOptions) {
     super();
+    checkNodeLimits(options);
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0 || options.nodeId > 0xffffffff) {
       throw new TypeError(`Invalid nodeId ${options.nodeId}: expected an integer >= 0`);
     }

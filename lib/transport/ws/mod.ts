@@ -11,6 +11,7 @@ import type { Transport } from "../types.ts";
 import { TransportListeners } from "../_listeners.ts";
 import { TransportError } from "../../errors.ts";
 import { log } from "../../log.ts";
+import { checkNodeLimits } from "../limits.ts";
 import {
   type Address,
   authMac,
@@ -36,7 +37,6 @@ import {
   formatAddress,
   type HelloFrame,
   LARGE_PAYLOAD,
-  checkNodeLimits,
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,

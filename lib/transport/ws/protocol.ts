@@ -528,37 +528,6 @@ export function parseFrame(message: Uint8Array | Uint8Array[]): Frame | string {
  */
 export const IPC_PATH_MAX: number = process.platform === "linux" ? 107 : 103;
 
-/** The limits and timings of a node, as `WsMeshTransport` and `Parallel.runner` take them. */
-export interface NodeLimits {
-  maxPayload?: number | undefined;
-  connectTimeout?: number | undefined;
-  heartbeatInterval?: number | undefined;
-  heartbeatTimeout?: number | undefined;
-  maxOutboxBytes?: number | undefined;
-}
-
-/**
- * Check the limits and timings that are given: each a number > 0, and a `heartbeatInterval` that is
- * given shorter than `heartbeatTimeout` (default 15000 ms). When no interval is given, the
- * transports take one short enough for the timeout.
- *
- * @throws {TypeError} Naming the option and the value.
- */
-export function checkNodeLimits(o: NodeLimits): void {
-  for (const name of ["maxPayload", "connectTimeout", "heartbeatInterval", "heartbeatTimeout", "maxOutboxBytes"] as const) {
-    const v = o[name];
-    if (v !== undefined && (typeof v !== "number" || !(v > 0))) {
-      throw new TypeError(`Invalid ${name} ${JSON.stringify(v) ?? String(v)}: expected a number > 0`);
-    }
-  }
-  const timeout = o.heartbeatTimeout ?? 15_000;
-  if (o.heartbeatInterval !== undefined && !(timeout > o.heartbeatInterval)) {
-    throw new TypeError(
-      `Invalid heartbeatInterval ${o.heartbeatInterval}: it must be shorter than heartbeatTimeout (${timeout} ms), or links would be dropped between two heartbeats`,
-    );
-  }
-}
-
 /** Parsed forms of the addresses the mesh accepts. */
 export type Address =
   | { kind: "tcp"; host: string; port: number; tls: boolean }

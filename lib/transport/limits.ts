@@ -1,0 +1,41 @@
+// The limits and timings every transport takes, checked in one place (the transports and
+// Parallel.runner, which checks them before it starts any worker).
+
+/** A node's limits and timings; the ws mesh names its timeout `heartbeatTimeout`, Redis `peerTimeout`. */
+export interface NodeLimits {
+  maxPayload?: number | undefined;
+  connectTimeout?: number | undefined;
+  heartbeatInterval?: number | undefined;
+  heartbeatTimeout?: number | undefined;
+  peerTimeout?: number | undefined;
+  maxOutboxBytes?: number | undefined;
+  maxQueuedBytes?: number | undefined;
+}
+
+const NAMES = ["maxPayload", "connectTimeout", "heartbeatInterval", "heartbeatTimeout", "peerTimeout", "maxOutboxBytes", "maxQueuedBytes"] as const;
+
+/**
+ * Check the limits and timings that are given: each a number > 0, and a `heartbeatInterval` that
+ * is given shorter than the timeout (`heartbeatTimeout` or `peerTimeout`, default 15000 ms). When
+ * no interval is given, the transports take one short enough for the timeout.
+ *
+ * @throws {TypeError} Naming the option and the value.
+ * @example
+ * ```ts
+ * checkNodeLimits({ heartbeatInterval: 500, heartbeatTimeout: 400 }); // TypeError
+ * ```
+ */
+export function checkNodeLimits(o: NodeLimits): void {
+  for (const name of NAMES) {
+    const v = o[name];
+    if (v !== undefined && (typeof v !== "number" || !(v > 0))) {
+      throw new TypeError(`Invalid ${name} ${JSON.stringify(v) ?? String(v)}: expected a number > 0`);
+    }
+  }
+  const [name, timeout] = o.peerTimeout !== undefined ? ["peerTimeout", o.peerTimeout] : ["heartbeatTimeout", o.heartbeatTimeout ?? 15_000];
+  if (o.heartbeatInterval !== undefined && !(timeout > o.heartbeatInterval)) {
+    throw new TypeError(
+      `Invalid heartbeatInterval ${o.heartbeatInterval}: it must be shorter than ${name} (${timeout} ms), or peers would be dropped between two heartbeats`,
+    );
+  }
+}
