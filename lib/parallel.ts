@@ -103,10 +103,10 @@ export interface WorkerPlan {
   maxRetries: number;
   maxPayload?: number;
   connectTimeout?: number;
-  errorFile?: string;
   /**
-   * The launcher's temporary directory (error files, ipc sockets). The launcher removes it when
-   * the run ends; a worker that outlives its launcher (killed by SIGKILL) removes it instead.
+   * The launcher's temporary directory (ipc sockets, plan files, and the {@link errorFile} where a
+   * failed `main` leaves its error). The launcher removes it when the run ends; a worker that
+   * outlives its launcher (killed by SIGKILL) removes it instead.
    */
   runDir?: string;
   /**
@@ -333,10 +333,7 @@ export function planWorkers(
       autoRecover: options.autoRecover,
       maxRetries: options.maxRetries,
     };
-    if (where.dir !== undefined) {
-      plan.errorFile = join(where.dir, `error_${nodeId}.json`);
-      plan.runDir = where.dir;
-    }
+    if (where.dir !== undefined) plan.runDir = where.dir;
     if (options.maxPayload !== undefined) plan.maxPayload = options.maxPayload;
     if (options.redisHost !== undefined) plan.redisHost = options.redisHost;
     if (options.redisPort !== undefined) plan.redisPort = options.redisPort;
@@ -410,6 +407,11 @@ async function runNode<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>, a
   }
 }
 
+/** Where the worker of `plan` leaves the error its `main` failed with, for the launcher. */
+function errorFile(plan: WorkerPlan): string | undefined {
+  return plan.runDir === undefined ? undefined : join(plan.runDir, `error_${plan.nodeId}.json`);
+}
+
 /**
  * Whether CBOR carries `v` as it is: `undefined`, `null`, booleans, numbers (not -0), strings,
  * bigints, arrays, plain objects (string keys), `Map`, `Set`, `Date` and typed arrays, nested
@@ -466,9 +468,10 @@ async function runWorker<A extends unknown[]>(plan: WorkerPlan, main: MainFn<A>,
     await runNode(plan, main, args);
   } catch (err) {
     log.error(`node ${plan.nodeId}: main failed:`, err);
-    if (plan.errorFile) {
+    const file = errorFile(plan);
+    if (file) {
       try {
-        writeFileSync(plan.errorFile, JSON.stringify(toPlainError(err, plan.nodeId)));
+        writeFileSync(file, JSON.stringify(toPlainError(err, plan.nodeId)));
       } catch {
         // The launcher still sees the exit code.
       }
@@ -541,13 +544,18 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
     killAll("SIGTERM");
   });
 
-  const planValues = new Map(plans.map((plan) => [plan, planEnv(dir, plan)]));
+  /** The first failure stops the other workers (SIGTERM, then SIGKILL after 5 s). */
+  const fail = (err: WorkerExitError) => {
+    failure = err;
+    killAll("SIGTERM");
+    setTimeout(() => killAll("SIGKILL"), 5000).unref?.();
+  };
 
-  /** Start the worker of `plan`; resolves with how it ended, or why it could not start. */
-  const start = (plan: WorkerPlan, retries: number): Promise<[number | null, string | null, string?]> => {
+  /** Start the worker of `plan` (its {@link WORKER_ENV} value given); resolves with how it ended, or why it could not start. */
+  const start = (plan: WorkerPlan, planValue: string, retries: number): Promise<[number | null, string | null, string?]> => {
     const env = {
       ...base,
-      [WORKER_ENV]: planValues.get(plan)!,
+      [WORKER_ENV]: planValue,
       [NODE_ID_ENV]: String(plan.nodeId),
       [RETRIES_ENV]: String(retries),
       DITASK_WATCH_PARENT: "1",
@@ -584,20 +592,18 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
 
   /** Run one worker to its end, restarting a dead one when autoRecover allows; the first failure stops the rest. */
   const supervise = async (plan: WorkerPlan) => {
+    const planValue = planEnv(dir, plan);
     let retries = 0;
     for (;;) {
-      const [code, signal, startError] = await start(plan, retries);
+      const [code, signal, startError] = await start(plan, planValue, retries);
       if (code === 0 || failure || interrupted) return;
       if (startError !== undefined) {
         // Starting again would fail the same way.
-        failure = new WorkerExitError(`Cannot start worker ${plan.nodeId}: ${startError}`, { nodeId: plan.nodeId, exitCode: null, signal: null });
-        killAll("SIGTERM");
-        setTimeout(() => killAll("SIGKILL"), 5000).unref?.();
-        return;
+        return fail(new WorkerExitError(`Cannot start worker ${plan.nodeId}: ${startError}`, { nodeId: plan.nodeId, exitCode: null, signal: null }));
       }
       let plain: PlainError | undefined;
       try {
-        plain = JSON.parse(readFileSync(plan.errorFile!, "utf8")) as PlainError;
+        plain = JSON.parse(readFileSync(errorFile(plan)!, "utf8")) as PlainError;
       } catch {
         plain = undefined;
       }
@@ -609,10 +615,7 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
       }
       const errOpts: ConstructorParameters<typeof WorkerExitError>[1] = { nodeId: plan.nodeId, exitCode: code, signal };
       if (plain) errOpts.cause = fromPlainError(plain);
-      failure = new WorkerExitError(describeExit(plan.nodeId, code, signal, plain), errOpts);
-      killAll("SIGTERM");
-      setTimeout(() => killAll("SIGKILL"), 5000).unref?.();
-      return;
+      return fail(new WorkerExitError(describeExit(plan.nodeId, code, signal, plain), errOpts));
     }
   };
 
