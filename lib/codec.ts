@@ -93,7 +93,7 @@ export interface CborCodecOptions {
 
 /**
  * Make a CBOR codec (cbor-x with plain maps: no record extension, so Node and Deno produce the same
- * bytes). `Map`s keep being `Map`s (tag 259), typed arrays keep their class (tags 64-82), `Date`,
+ * bytes). `Map`s keep being `Map`s (tag 259), typed arrays keep their class (tags 64-86; a `Float16Array` is tag 84 and arrives as a `Float32Array` where the runtime has no `Float16Array`), `Date`,
  * `bigint`, `undefined` and `null` round-trip.
  *
  * @example
@@ -164,6 +164,61 @@ export const LARGE_TYPED_ARRAY = 64 * 1024;
 
 // cbor-x's tags for typed arrays (RFC 8746, little-endian forms; cbor-x picks these on
 // little-endian machines, which is every machine Node and Deno run on).
+type TypedArrayClass = new (buffer: ArrayBufferLike, byteOffset?: number, length?: number) => ArrayBufferView;
+
+/**
+ * `Float16Array` where the runtime has one (Deno 2, Node 24 and later); Node 20 has none. cbor-x
+ * does not know the class and would write it as a plain array of numbers, so ditask writes it as
+ * RFC 8746's float16 little-endian typed array (tag 84), like the other typed arrays.
+ */
+const Float16 = (globalThis as { Float16Array?: TypedArrayClass }).Float16Array;
+
+/** The value of the IEEE 754 half-precision number with bits `h`. */
+function halfToNumber(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac === 0 ? sign * Infinity : NaN;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+let halves: Float32Array | undefined;
+
+/**
+ * Decode a float16 typed array (tag 84 little-endian, 80 big-endian). Where the runtime has
+ * `Float16Array`, it is one: a view of `bytes` when they are aligned and in this machine's order,
+ * as cbor-x does for the other classes, else a copy. Elsewhere (Node 20) it is a `Float32Array`
+ * with the same values (every float16 value is exact in float32).
+ */
+function decodeFloat16(bytes: Uint8Array, littleEndian: boolean): ArrayBufferView {
+  if (!(bytes instanceof Uint8Array) || bytes.byteLength % 2 !== 0) throw new RangeError("a float16 array needs an even number of bytes");
+  const n = bytes.byteLength / 2;
+  if (Float16 && littleEndian === LITTLE_ENDIAN) {
+    if ((bytes.byteOffset & 1) === 0) return new Float16(bytes.buffer, bytes.byteOffset, n);
+    return new Float16(Uint8Array.prototype.slice.call(bytes).buffer);
+  }
+  const out = (Float16 ? new Float16(new ArrayBuffer(n * 2)) : new Float32Array(n)) as unknown as { [i: number]: number };
+  if (!Float16) halves ??= Float32Array.from({ length: 0x10000 }, (_, h) => halfToNumber(h));
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < n; i++) {
+    const h = view.getUint16(2 * i, littleEndian);
+    out[i] = halves ? halves[h]! : halfToNumber(h);
+  }
+  return out as unknown as ArrayBufferView;
+}
+
+// Registered with cbor-x once per process (its extensions are global to the module).
+type Extension = Parameters<typeof cbor.addExtension>[0];
+cbor.addExtension({
+  Class: Float16 ?? class NoFloat16 {},
+  tag: 84,
+  // A Buffer, which cbor-x writes as a plain byte string (a Uint8Array would get tag 64).
+  encode: (v: ArrayBufferView, encode: (x: unknown) => Uint8Array) => encode(Buffer.from(v.buffer, v.byteOffset, v.byteLength)),
+  decode: (bytes: Uint8Array) => decodeFloat16(bytes, true),
+} as Extension);
+cbor.addExtension({ tag: 80, decode: (bytes: Uint8Array) => decodeFloat16(bytes, false) } as Extension);
+
 const TYPED_TAGS = new Map<unknown, number>([
   [Uint8Array, 64],
   [Uint8ClampedArray, 68],
@@ -176,6 +231,7 @@ const TYPED_TAGS = new Map<unknown, number>([
   [BigInt64Array, 79],
   [Float32Array, 85],
   [Float64Array, 86],
+  ...(Float16 ? [[Float16, 84] as const] : []),
 ]);
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** How deep into arrays and plain objects large typed arrays are looked for. */
@@ -220,7 +276,7 @@ const TYPED_LIST_MAX = 8;
 const TYPED_LIST_CHUNK = 64 * 1024;
 
 /**
- * Writes an array whose items are all small typed arrays (of the exact classes cbor-x tags, below
+ * Writes an array whose items are all small typed arrays (of the exact classes in TYPED_TAGS, below
  * {@link LARGE_TYPED_ARRAY}), the argument list of `task.emit("obs", f32)` and the like: the same
  * bytes cbor-x writes (an array head, then per item its tag, a byte-string head and the bytes), at
  * about a fifth of the cost (cbor-x takes 0.4 µs per Uint8Array and 1.1 µs per small
@@ -458,10 +514,28 @@ function item(depth: number): boolean {
       break;
     case 6:
       if (!allowedTag(n)) fail(`tag ${n} is not accepted`);
-      if (item(depth + 1)) fail("unexpected break");
+      if (n >= 64 && n <= 87) typedArrayContent(n);
+      else if (item(depth + 1)) fail("unexpected break");
       break;
   }
   return false;
+}
+
+/**
+ * Check the content of typed-array tag `tag` (64-87): a byte string of whole elements. RFC 8746
+ * puts the element size in the tag's low bits (float: 2, 4, 8 or 16 bytes; integer: 1-8). cbor-x
+ * would otherwise drop a trailing partial element without a word.
+ */
+function typedArrayContent(tag: number): void {
+  if (pos >= src.length) fail("data ends early");
+  const first = src[pos]!;
+  if (first >> 5 !== 2 || (first & 31) === 31) fail(`tag ${tag} (a typed array) must hold a byte string`);
+  pos++;
+  const n = arg(first & 31);
+  const size = tag & 16 ? 2 << (tag & 3) : 1 << (tag & 3);
+  if (n % size !== 0) fail(`tag ${tag} (a typed array) holds ${n} bytes, not whole ${size}-byte elements`);
+  if (pos + n > src.length) fail("data ends early");
+  pos += n;
 }
 
 /** The codec used for event arguments. */

@@ -46,6 +46,52 @@ C("every typed array arrives as the same class with the same values", () => {
   }
 });
 
+// Float16Array exists on Deno 2 and Node 24+, not on Node 20: there a float16 array arrives as a
+// Float32Array with the same values.
+const Float16 = (globalThis as { Float16Array?: new (v: number[] | number | ArrayBuffer, o?: number, n?: number) => Float32Array }).Float16Array;
+// [1.5, -2, -0, Infinity, NaN, 65504 (largest), 2 ** -24 (smallest subnormal)] as tag 84 (float16,
+// little-endian): the same bytes on every runtime.
+const HALVES = [1.5, -2, -0, Infinity, NaN, 65504, 2 ** -24];
+const HALVES_CBOR = "d8544e003e00c00080007c007eff7b0100";
+
+C("a float16 array arrives as a Float16Array where the runtime has one, else as a Float32Array", () => {
+  const fromHex = (hex: string) => cborCodec.decode(Buffer.from(hex, "hex")) as Float32Array;
+  const expected = Float16 ?? Float32Array;
+  const le = fromHex(HALVES_CBOR);
+  assert.is(le.constructor, expected);
+  assert.equal([...le], HALVES);
+  assert.ok(Object.is(le[2], -0));
+  // Big-endian (tag 80), as other CBOR libraries may write it.
+  const be = fromHex("d85044" + "3e00c000");
+  assert.is(be.constructor, expected);
+  assert.equal([...be], [1.5, -2]);
+  if (!Float16) return;
+  const a = new Float16(HALVES);
+  assert.is(Buffer.from(cborCodec.encode(a)).toString("hex"), HALVES_CBOR, "not a plain array of numbers");
+  // In lists, in objects, and large (written by ditask's own encoders, decoded as a view).
+  const big = new Float16(LARGE_TYPED_ARRAY).map((_, i) => i / 7);
+  const cases: Array<[Float32Array[] | Record<string, Float32Array>, boolean]> = [[[a, new Float32Array([1])], false], [{ w: big, b: a }, true], [[big], true]];
+  for (const [v, large] of cases) {
+    const bytes = cborCodec.encode(v);
+    const back = cborCodec.decode(bytes) as Record<string, Float32Array>;
+    const items = Array.isArray(v) ? v : Object.values(v);
+    const got = Array.isArray(back) ? back : Object.values(back);
+    items.forEach((x, i) => {
+      assert.is(got[i]!.constructor, x.constructor);
+      assert.equal([...got[i]!], [...x]);
+    });
+    if (large) assert.is(got[0]!.buffer, bytes.buffer, "a large one is a view");
+  }
+});
+
+C("a typed array whose bytes are not whole elements is refused, not cut short", () => {
+  // Tag 85 (float32) with 6 bytes; tag 86 (float64) holding a number; tag 84 with 3 bytes.
+  for (const hex of ["d85546000000000000", "d85501", "d85443000000"]) {
+    assert.throws(() => cborCodec.decode(Buffer.from(hex, "hex")), (e: unknown) => e instanceof CodecError && /typed array/.test((e as Error).message), hex);
+  }
+  assert.is(checkCbor(Buffer.from("d85548" + "00".repeat(8), "hex")), undefined);
+});
+
 C("a 1M-element Float32Array round-trips intact", () => {
   const a = new Float32Array(1_000_000);
   for (let i = 0; i < a.length; i++) a[i] = i * 0.5;
