@@ -93,8 +93,9 @@ export interface CborCodecOptions {
 
 /**
  * Make a CBOR codec (cbor-x with plain maps: no record extension, so Node and Deno produce the same
- * bytes). `Map`s keep being `Map`s (tag 259), typed arrays keep their class (tags 64-86; a `Float16Array` is tag 84 and arrives as a `Float32Array` where the runtime has no `Float16Array`), `Date`,
- * `bigint`, `undefined` and `null` round-trip.
+ * bytes). `Map`s keep being `Map`s (tag 259), typed arrays keep their class (tags 64-86; a
+ * `Float16Array` is tag 84 and arrives as a `Float32Array` where the runtime has no
+ * `Float16Array`), `Date`, `bigint`, `undefined` and `null` round-trip.
  *
  * @example
  * ```ts
