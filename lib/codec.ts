@@ -442,13 +442,15 @@ function allowedTag(t: number): boolean {
 /**
  * Walk CBOR bytes without building anything and say what makes them unfit to decode: truncation,
  * a reserved encoding, nesting deeper than {@link MAX_CBOR_DEPTH}, a tag outside the allowed set,
- * or trailing bytes. Cost: one step per item; byte strings are skipped, not read.
+ * a typed array of partial elements, an object key "__proto__" (cbor-x would rename it), or
+ * trailing bytes. Cost: one step per item; byte strings are skipped, not read.
  *
  * @returns `undefined` when the bytes are fine, else the reason.
  */
 export function checkCbor(b: Uint8Array): string | undefined {
   src = b;
   pos = 0;
+  inMapTag = false;
   try {
     if (item(0)) return "unexpected break";
     if (pos !== b.length) return "trailing bytes after the value";
@@ -498,7 +500,12 @@ function item(depth: number): boolean {
   }
   if (info === 31) {
     if (major < 2 || major === 6) fail("indefinite length on a type that has none");
-    for (;;) if (item(depth + 1)) return false;
+    const keysFree = inMapTag;
+    inMapTag = false;
+    for (let i = 0; ; i++) {
+      if (major === 5 && i % 2 === 0 && !keysFree && isProtoKey()) fail(PROTO_KEY);
+      if (item(depth + 1)) return false;
+    }
   }
   const n = arg(info);
   switch (major) {
@@ -510,16 +517,38 @@ function item(depth: number): boolean {
     case 4:
       for (let i = 0; i < n; i++) if (item(depth + 1)) fail("unexpected break");
       break;
-    case 5:
-      for (let i = 0; i < 2 * n; i++) if (item(depth + 1)) fail("unexpected break");
+    case 5: {
+      const keysFree = inMapTag;
+      inMapTag = false;
+      for (let i = 0; i < 2 * n; i++) {
+        if (i % 2 === 0 && !keysFree && isProtoKey()) fail(PROTO_KEY);
+        if (item(depth + 1)) fail("unexpected break");
+      }
       break;
+    }
     case 6:
       if (!allowedTag(n)) fail(`tag ${n} is not accepted`);
       if (n >= 64 && n <= 87) typedArrayContent(n);
-      else if (item(depth + 1)) fail("unexpected break");
+      else {
+        inMapTag = n === 259 && pos < src.length && src[pos]! >> 5 === 5;
+        if (item(depth + 1)) fail("unexpected break");
+      }
       break;
   }
   return false;
+}
+
+// cbor-x decodes an object key "__proto__" as "__proto_" (against prototype pollution), so such a
+// key would arrive renamed; a Map (tag 259) keeps its keys as they are.
+const PROTO_KEY = 'an object key "__proto__" (it would arrive renamed "__proto_"; use a Map)';
+const PROTO_BYTES = [0x69, ...new TextEncoder().encode("__proto__")];
+let inMapTag = false;
+
+/** Whether the item at `pos` is the text string "__proto__" (does not move `pos`). */
+function isProtoKey(): boolean {
+  if (src[pos] !== 0x69 || pos + 10 > src.length) return false;
+  for (let i = 1; i < 10; i++) if (src[pos + i] !== PROTO_BYTES[i]) return false;
+  return true;
 }
 
 /**

@@ -92,6 +92,22 @@ C("a typed array whose bytes are not whole elements is refused, not cut short", 
   assert.is(checkCbor(Buffer.from("d85548" + "00".repeat(8), "hex")), undefined);
 });
 
+C('an object key "__proto__" is refused, not renamed; a Map keeps it', () => {
+  // JSON.parse makes "__proto__" an own key; cbor-x would decode it as "__proto_".
+  for (const v of [JSON.parse('{"__proto__": 1}'), { a: [JSON.parse('{"x": 1, "__proto__": {"y": 2}}')] }]) {
+    assert.throws(() => cborCodec.encode(v), (e: unknown) => e instanceof CodecError && /"__proto__"/.test((e as Error).message));
+  }
+  // From a peer: a definite map and an indefinite one, each {"__proto__": 1}.
+  const key = Buffer.from("__proto__").toString("hex");
+  for (const hex of ["a169" + key + "01", "bf69" + key + "01ff"]) {
+    assert.throws(() => cborCodec.decode(Buffer.from(hex, "hex")), (e: unknown) => e instanceof CodecError && /"__proto__"/.test((e as Error).message), hex);
+  }
+  const m = rt(new Map([["__proto__", 1]])) as Map<string, number>;
+  assert.ok(m instanceof Map);
+  assert.is(m.get("__proto__"), 1);
+  assert.equal(rt({ __proto_: "__proto__", ["__proto__x"]: [1] }), { __proto_: "__proto__", ["__proto__x"]: [1] });
+});
+
 C("a 1M-element Float32Array round-trips intact", () => {
   const a = new Float32Array(1_000_000);
   for (let i = 0; i < a.length; i++) a[i] = i * 0.5;
