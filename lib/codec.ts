@@ -121,14 +121,23 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
     encode(value: unknown): Uint8Array {
       const quick = typed.encode(value);
       if (quick !== undefined) return quick;
-      let bytes: Uint8Array;
-      try {
-        bytes = findLarge(value, 0) ? encodeGathered(enc, value, pool) : enc.encode(value);
-      } catch (cause) {
-        throw new CodecError(`Cannot encode value: ${(cause as Error).message}`, { cause });
-      }
+      const encodeOnce = (v: unknown): Uint8Array => {
+        try {
+          return findLarge(v, 0) ? encodeGathered(enc, v, pool) : enc.encode(v);
+        } catch (cause) {
+          throw new CodecError(`Cannot encode value: ${(cause as Error).message}`, { cause });
+        }
+      };
+      let bytes = encodeOnce(value);
       // What a receiver would refuse is refused here, where the caller can see it.
-      const bad = checkCbor(bytes);
+      let bad = checkCbor(bytes, true);
+      if (bad === LONE_SURROGATE_FOUND) {
+        // cbor-x wrote a lone surrogate as 3 bytes that are not UTF-8 (a receiver would read 3
+        // U+FFFD): send what TextEncoder and WebSocket text do, one U+FFFD for it.
+        pool.give(bytes);
+        bytes = encodeOnce(wellFormed(value, 0));
+        bad = checkCbor(bytes, true);
+      }
       if (bad !== undefined) {
         throw new CodecError(
           bad === "tag 27 is not accepted"
@@ -445,12 +454,15 @@ function allowedTag(t: number): boolean {
  * a typed array of partial elements, an object key "__proto__" (cbor-x would rename it), or
  * trailing bytes. Cost: one step per item; byte strings are skipped, not read.
  *
+ * @param encoded Bytes just encoded here: text strings are also searched for a UTF-16 surrogate
+ *   written on its own (reported as {@link LONE_SURROGATE_FOUND}).
  * @returns `undefined` when the bytes are fine, else the reason.
  */
-export function checkCbor(b: Uint8Array): string | undefined {
+export function checkCbor(b: Uint8Array, encoded = false): string | undefined {
   src = b;
   pos = 0;
   inMapTag = false;
+  scanText = encoded;
   try {
     if (item(0)) return "unexpected break";
     if (pos !== b.length) return "trailing bytes after the value";
@@ -512,6 +524,7 @@ function item(depth: number): boolean {
     case 2:
     case 3:
       if (pos + n > src.length) fail("data ends early");
+      if (major === 3 && scanText && n < SURROGATE_SCAN_MAX && hasSurrogate(pos, pos + n)) fail(LONE_SURROGATE_FOUND);
       pos += n;
       break;
     case 4:
@@ -536,6 +549,41 @@ function item(depth: number): boolean {
       break;
   }
   return false;
+}
+
+/** What checkCbor reports for an encoded lone surrogate (cbor-x writes one as 0xED 0xA0-0xBF ...). */
+const LONE_SURROGATE_FOUND = "a lone surrogate in a text string";
+let scanText = false;
+
+/** Whether src[from..to) holds an encoded surrogate code point (not valid UTF-8). */
+function hasSurrogate(from: number, to: number): boolean {
+  for (let i = from; i < to - 1; i++) if (src[i] === 0xed && src[i + 1]! >= 0xa0) return true;
+  return false;
+}
+
+/**
+ * Text strings at least this long (in bytes) are not searched: cbor-x writes strings of 64 UTF-16
+ * units or more with the runtime's UTF-8 encoder (utf8Write or TextEncoder), which already turns a
+ * lone surrogate into U+FFFD; only its own loop for shorter strings (at most 189 bytes) does not.
+ */
+const SURROGATE_SCAN_MAX = 192;
+
+/**
+ * A copy of `v` in which every string is well formed (a lone surrogate becomes U+FFFD), through
+ * arrays, plain objects, Maps and Sets; other values stay as they are.
+ */
+function wellFormed(v: unknown, depth: number): unknown {
+  if (typeof v === "string") return (v as string & { toWellFormed(): string }).toWellFormed();
+  if (typeof v !== "object" || v === null || ArrayBuffer.isView(v) || depth > MAX_CBOR_DEPTH) return v;
+  if (Array.isArray(v)) return v.map((x) => wellFormed(x, depth + 1));
+  if (v instanceof Map) return new Map([...v].map(([k, x]) => [wellFormed(k, depth + 1), wellFormed(x, depth + 1)]));
+  if (v instanceof Set) return new Set([...v].map((x) => wellFormed(x, depth + 1)));
+  if (!isPlainObject(v)) return v;
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(v)) {
+    Object.defineProperty(out, wellFormed(k, depth) as string, { value: wellFormed(v[k], depth + 1), enumerable: true, writable: true, configurable: true });
+  }
+  return out;
 }
 
 // cbor-x decodes an object key "__proto__" as "__proto_" (against prototype pollution), so such a

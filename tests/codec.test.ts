@@ -108,6 +108,24 @@ C('an object key "__proto__" is refused, not renamed; a Map keeps it', () => {
   assert.equal(rt({ __proto_: "__proto__", ["__proto__x"]: [1] }), { __proto_: "__proto__", ["__proto__x"]: [1] });
 });
 
+C("a lone surrogate arrives as one U+FFFD, as TextEncoder sends it, in short and long strings", () => {
+  const long = "x".repeat(70_000);
+  const cases: Array<[unknown, unknown]> = [
+    ["\uD800", "\uFFFD"],
+    [["a\uDC00b", { "k\uD83D": ["\uD83D!"] }, 1], ["a\uFFFDb", { "k\uFFFD": ["\uFFFD!"] }, 1]],
+    [new Map([["\uD800", new Set(["\uDFFF"])]]), new Map([["\uFFFD", new Set(["\uFFFD"])]])],
+    [[long + "\uD83D", new Float32Array(LARGE_TYPED_ARRAY)], [long + "\uFFFD", new Float32Array(LARGE_TYPED_ARRAY)]],
+    ["pairs stay: \uD83D\uDE00", "pairs stay: \uD83D\uDE00"],
+    // The longest strings cbor-x writes with its own loop (63 units), and the shortest it does not.
+    [["\uD800".repeat(63), "\uD800".repeat(64)], ["\uFFFD".repeat(63), "\uFFFD".repeat(64)]],
+  ];
+  for (const [sent, expected] of cases) {
+    const bytes = cborCodec.encode(sent);
+    assert.not.ok(/\xED[\xA0-\xBF]/.test(Buffer.from(bytes).toString("latin1")), "valid UTF-8 on the wire");
+    assert.equal(cborCodec.decode(bytes), expected);
+  }
+});
+
 C("a 1M-element Float32Array round-trips intact", () => {
   const a = new Float32Array(1_000_000);
   for (let i = 0; i < a.length; i++) a[i] = i * 0.5;
