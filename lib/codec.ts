@@ -84,8 +84,9 @@ const ENCODE_BUFFER = 1024 * 1024;
 /** Options of {@link createCborCodec}. */
 export interface CborCodecOptions {
   /**
-   * Tag `Uint8Array`s (tag 64) so they decode as `Uint8Array` (a copy) on every runtime. Without the
-   * tag, byte strings decode as views into the input (a Node `Buffer` on Node).
+   * Tag `Uint8Array`s (tag 64) so they decode as `Uint8Array` on every runtime. Without the tag,
+   * byte strings decode as a Node `Buffer` on Node. Either way, like every typed array whose bytes
+   * are aligned in the input, the result is a view into the input, not a copy.
    * @default true
    */
   tagUint8Array?: boolean;
