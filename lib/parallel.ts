@@ -154,11 +154,38 @@ function readPlan(raw: string): WorkerPlan {
       throw new DitaskError(`Cannot read the worker plan ${raw.slice(1)}: ${(err as Error).message}`, { code: "ERR_DITASK_WORKER_ENV" });
     }
   }
+  let plan: unknown;
   try {
-    return JSON.parse(json) as WorkerPlan;
+    plan = JSON.parse(json);
   } catch {
-    throw new DitaskError(`Invalid ${WORKER_ENV}: not JSON`, { code: "ERR_DITASK_WORKER_ENV" });
+    throw badPlan("not JSON");
   }
+  const problem = planProblem(plan);
+  if (problem !== undefined) throw badPlan(problem);
+  return plan as WorkerPlan;
+}
+
+function badPlan(problem: string): DitaskError {
+  return new DitaskError(
+    `Invalid ${WORKER_ENV}: ${problem}. Parallel.runner sets it for the workers it starts; unset it to launch`,
+    { code: "ERR_DITASK_WORKER_ENV" },
+  );
+}
+
+/** What makes `v` no worker plan (the fields every plan has), or `undefined`. */
+function planProblem(v: unknown): string | undefined {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return "not a JSON object";
+  const p = v as Record<string, unknown>;
+  const isId = (x: unknown) => typeof x === "number" && Number.isInteger(x) && x >= 0;
+  const list = (x: unknown, item: (y: unknown) => boolean) => Array.isArray(x) && x.every(item);
+  if (!isId(p.nodeId)) return "nodeId is not an integer >= 0";
+  if (!isId(p.localId)) return "localId is not an integer >= 0";
+  if (!["ws", "nng", "redis"].includes(p.mqType as string)) return "mqType is not ws, nng or redis";
+  if (typeof p.listen !== "string") return "listen is not a string";
+  if (!list(p.dial, (x) => typeof x === "string")) return "dial is not a list of addresses";
+  if (!list(p.expect, isId)) return "expect is not a list of node ids";
+  if (!list(p.labels, (x) => typeof x === "string")) return "labels is not a list of strings";
+  return undefined;
 }
 /** The environment variable that tells a worker its node id (for user code). */
 export const NODE_ID_ENV = "DITASK_NODE_ID";

@@ -275,6 +275,27 @@ P("a worker that cannot be started (its environment is too large: E2BIG) fails t
   assert.not.match(r.stdout, /started/);
 });
 
+P("a DITASK_WORKER that is no worker plan (left in a shell, or a plan file gone) fails with a clear error", async () => {
+  const gone = `/tmp/ditask-test-no-such-plan-${process.pid}-${Date.now()}.json`;
+  const cases: Array<[string, RegExp]> = [
+    ["null", /not a JSON object/],
+    ["[]", /not a JSON object/],
+    ["{}", /nodeId is not an integer >= 0/],
+    ['{"nodeId":0,"localId":0}', /mqType is not ws, nng or redis/],
+    ['{"nodeId":0,"localId":0,"mqType":"ws","listen":"tcp://127.0.0.1:0","dial":"x","expect":[],"labels":[]}', /dial is not a list/],
+    ["{nope", /not JSON/],
+    [`@${gone}`, new RegExp(`Cannot read the worker plan ${gone}`)],
+  ];
+  for (const [value, re] of cases) {
+    const r = await run("payloads", { nParallelWorkers: 2 }, 30_000, { DITASK_WORKER: value });
+    assert.is(r.code, 3, `${value}: ${r.stderr}`);
+    const line = lines(r.stdout).find((l) => l.startsWith("launcher error")) ?? "";
+    assert.match(line, /^launcher error DitaskError node=undefined code=ERR_DITASK_WORKER_ENV: /, value);
+    assert.match(line, re, value);
+    assert.not.match(r.stdout, /payload checks/, `${value}: main must not run`);
+  }
+});
+
 P("a script that launches twice: each launch's workers run that launch's main", async () => {
   // Before: the workers of the second launch ran the first main (the first runner call they met).
   const r = await run("two_launches");
