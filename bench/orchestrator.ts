@@ -294,7 +294,7 @@ function plan(quick: boolean, repeat: number | undefined): Plan {
     ackEvery,
   });
   return {
-    repeat: repeat ?? (quick ? 1 : 3),
+    repeat: repeat ?? (quick ? 1 : 5),
     streams: [
       { id: "s64", label: "64 B events", spec: s("bytes", 64, 30_000, 5_000, 65_536, 8_192) },
       { id: "s1k", label: "1 KiB events", spec: s("bytes", 1024, 20_000, 3_000, 16_384, 2_048) },
