@@ -18,7 +18,7 @@ import { DitaskError, WorkerExitError } from "./errors.ts";
 import type { MainFn, Parallel, ParallelOptions } from "./parallel.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parsePlatform, type PlatformArgs, PLATFORMS } from "./platform/mod.ts";
-import { padParam } from "./platform/spec.ts";
+import { MAX_LOCAL_WORKERS, padParam } from "./platform/spec.ts";
 import { enableTypeScriptImports, envSnapshot, getEnv, runtimeKey } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
@@ -431,7 +431,7 @@ function parseValues(v: Values): Parsed {
   const args: Parsed["args"] = {
     parallelWorkers: v["parallel-workers"] === undefined
       ? 1
-      : parseInteger("parallel-workers", v["parallel-workers"], 1),
+      : parseInteger("parallel-workers", v["parallel-workers"], 1, MAX_LOCAL_WORKERS),
     topology: v.topology === undefined
       ? "alone"
       : parseChoice("topology", v.topology, ["mesh", "star", "alone"] as const),

@@ -18,7 +18,7 @@ import {
   spawnScript,
 } from "./runtime.ts";
 import { createTransport } from "./transport/mod.ts";
-import { padParam } from "./platform/spec.ts";
+import { MAX_LOCAL_WORKERS, padParam } from "./platform/spec.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { checkNodeLimits } from "./transport/limits.ts";
 import { IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
@@ -32,7 +32,7 @@ export type Topology = "mesh" | "star" | "alone";
 
 /** Options of {@link Parallel.runner}: DI-engine's `Parallel.runner` parameters, camelCased. */
 export interface ParallelOptions {
-  /** How many worker processes (>= 1). With 1, `main` runs in this process. */
+  /** How many worker processes (1 to 4096). With 1, `main` runs in this process. */
   nParallelWorkers: number;
   /** `mesh`: every worker connects to every other; `star`: workers connect to the first one; `alone`: only `attachTo`. @default "mesh" */
   topology?: Topology;
@@ -210,6 +210,10 @@ export function normalizeOptions(options: ParallelOptions): Required<
 > & ParallelOptions & { nodeIds: number[]; labels: string[] } {
   if (typeof options !== "object" || options === null) throw new TypeError("Parallel.runner needs an options object");
   const n = checkInt("nParallelWorkers", options.nParallelWorkers, 1);
+  if (n > MAX_LOCAL_WORKERS) {
+    // A typo (1e9) would otherwise build lists of a billion ports and ids and run out of memory.
+    throw new RangeError(`Invalid nParallelWorkers ${n}: one launch starts at most ${MAX_LOCAL_WORKERS} worker processes`);
+  }
   const topology = options.topology ?? "mesh";
   if (!["mesh", "star", "alone"].includes(topology)) {
     throw new TypeError(`Unknown topology ${JSON.stringify(topology)}: expected "mesh", "star" or "alone"`);

@@ -165,7 +165,13 @@ const BAD_INPUT: Array<[string, string[], Record<string, string>, RegExp]> = [
     "zero workers",
     [...mainArgs, "--parallel-workers", "0"],
     {},
-    /Invalid --parallel-workers "0": expected an integer >= 1/,
+    /Invalid --parallel-workers "0": expected an integer from 1 to 4096/,
+  ],
+  [
+    "a typo of a billion workers (it used to run out of memory building their plans)",
+    [...mainArgs, "--parallel-workers", "1000000000"],
+    {},
+    /Invalid --parallel-workers "1000000000": expected an integer from 1 to 4096/,
   ],
   [
     "an unknown topology",

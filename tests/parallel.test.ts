@@ -119,6 +119,8 @@ Plan("bad options throw at once with errors naming the problem", () => {
   const bad: Array<[object, new (...a: never[]) => Error, RegExp]> = [
     [{ nParallelWorkers: 0 }, RangeError, /nParallelWorkers/],
     [{ nParallelWorkers: 1.5 }, RangeError, /nParallelWorkers/],
+    [{ nParallelWorkers: 1e9 }, RangeError, /nParallelWorkers 1000000000: one launch starts at most 4096/],
+    [{ nParallelWorkers: 4097 }, RangeError, /at most 4096/],
     [{ nParallelWorkers: 2, topology: "ring" }, TypeError, /topology "ring"/],
     [{ nParallelWorkers: 2, protocol: "udp" }, TypeError, /protocol "udp"/],
     [{ nParallelWorkers: 2, mqType: "zmq" }, TypeError, /mqType "zmq"/],
@@ -132,6 +134,7 @@ Plan("bad options throw at once with errors naming the problem", () => {
     assert.throws(() => Parallel.runner(o as never), (e: unknown) => e instanceof cls && re.test((e as Error).message), JSON.stringify(o));
   }
   assert.ok(normalizeOptions({ nParallelWorkers: 1, mqType: "nng" }));
+  assert.is(normalizeOptions({ nParallelWorkers: 4096 }).nodeIds.length, 4096);
 });
 
 Plan("bad attachTo, limits and heartbeat settings stop the runner before any worker starts", () => {

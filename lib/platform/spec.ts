@@ -355,6 +355,9 @@ function normalizeSpec(spec: unknown, nTasks: number, fail: (detail: string) => 
   return tasks.map((t, i) => normalizeSpecTask(t, i, fail));
 }
 
+/** The most worker processes one launch starts on its machine (`nParallelWorkers`). */
+export const MAX_LOCAL_WORKERS = 4096;
+
 /**
  * DI-engine's `padding_param`: a number `v` becomes `v, v+1, ... v+n-1`; a one-element list is
  * treated as its element; `undefined` starts at `start`; another list is kept as it is.
