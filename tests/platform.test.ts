@@ -393,6 +393,11 @@ Slurm("parseSlurm() repeats each node once per task (DI-engine test_slurm_parser
   assert.equal(addresses, nodes.flatMap((n) => [n, n, n]));
 });
 
+Slurm("parseSlurm() refuses a task count it could not list (a corrupt SLURM_NTASKS used to hang it)", () => {
+  const env = { SLURM_NTASKS: "99999999999", SLURM_NTASKS_PER_NODE: "99999999999", SLURM_NODELIST: "n1", SLURM_PROCID: "0", SLURMD_NODENAME: "n1" };
+  throwsPlatform(() => parseSlurm(env, base()), 'SLURM_NTASKS "99999999999" is more than 100000 tasks');
+});
+
 Slurm("parseSlurm() keeps zero padding in host names (DI-engine lost it)", () => {
   const env = {
     SLURM_NTASKS: "4",

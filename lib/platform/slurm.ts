@@ -1,4 +1,4 @@
-import { expandHostlist, expandTasksPerNode } from "./hostlist.ts";
+import { expandHostlist, expandTasksPerNode, MAX_HOSTLIST_SIZE } from "./hostlist.ts";
 import type { PlatformEnv } from "./k8s.ts";
 import { type PlatformArgs, PlatformError, plural, quote, readEnv as read, resolvePlatformTask } from "./spec.ts";
 
@@ -64,6 +64,8 @@ function readInt(env: PlatformEnv, name: string, min: number): number {
  */
 export function parseSlurm(env: PlatformEnv, args: PlatformArgs & { platformSpec?: unknown }): PlatformArgs {
   const nTasks = readInt(env, "SLURM_NTASKS", 1);
+  // One entry per task is built below: a corrupt count (99999999999) must not hang the launcher.
+  if (nTasks > MAX_HOSTLIST_SIZE) fail(`SLURM_NTASKS ${quote(String(nTasks))} is more than ${MAX_HOSTLIST_SIZE} tasks`);
   const perNodeName = read(env, "SLURM_NTASKS_PER_NODE") !== undefined
     ? "SLURM_NTASKS_PER_NODE"
     : read(env, "SLURM_TASKS_PER_NODE") !== undefined
