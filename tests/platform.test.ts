@@ -246,6 +246,10 @@ K8s("parseK8s() names what an Indexed Job is missing", () => {
   const ok = { JOB_COMPLETION_INDEX: "1", DITASK_REPLICAS: "2", DITASK_SERVICE: "s", HOSTNAME: "j-1" };
   throwsPlatform(() => parseK8s({ ...ok, DITASK_REPLICAS: undefined }, base()), "DITASK_REPLICAS is not set");
   throwsPlatform(() => parseK8s({ ...ok, DITASK_REPLICAS: "0" }, base()), 'DITASK_REPLICAS "0"');
+  // A corrupt count: it used to fail with "Invalid array length", or at 50000000 to hang.
+  for (const r of ["99999999999", "50000000"]) {
+    throwsPlatform(() => parseK8s({ ...ok, DITASK_REPLICAS: r }, base()), `DITASK_REPLICAS "${r}" is more than 100000 pods`);
+  }
   throwsPlatform(() => parseK8s({ ...ok, DITASK_SERVICE: "" }, base()), "DITASK_SERVICE is not set");
   throwsPlatform(() => parseK8s({ ...ok, HOSTNAME: "other" }, base()), "DITASK_JOB_NAME", 'HOSTNAME "other"');
   throwsPlatform(() => parseK8s({ ...ok, JOB_COMPLETION_INDEX: "x" }, base()), 'JOB_COMPLETION_INDEX "x"');

@@ -1,4 +1,5 @@
 import { type PlatformArgs, PlatformError, plural, quote, readEnv as read, resolvePlatformTask } from "./spec.ts";
+import { MAX_HOSTLIST_SIZE } from "./hostlist.ts";
 
 /**
  * Environment variables, e.g. `process.env` or a test's plain object.
@@ -45,6 +46,8 @@ function readReplicas(env: PlatformEnv, mode: string): number {
   if (raw === undefined) fail(`DITASK_REPLICAS is not set (${mode} mode needs the number of pods)`);
   const n = /^\d+$/.test(raw as string) ? Number(raw) : NaN;
   if (!Number.isSafeInteger(n) || n < 1) fail(`DITASK_REPLICAS ${quote(raw)} is not a positive integer`);
+  // Every pod's address is listed: a corrupt count must not hang the launcher or exhaust its memory.
+  if (n > MAX_HOSTLIST_SIZE) fail(`DITASK_REPLICAS ${quote(raw)} is more than ${MAX_HOSTLIST_SIZE} pods`);
   return n;
 }
 
