@@ -44,6 +44,13 @@ export async function loadCbor(): Promise<typeof import("cbor-x")> {
   return await import("cbor-x");
 }
 
+/**
+ * The longest delay a timer takes, on Node and Deno alike (2^31 - 1 ms, about 24.8 days). Both
+ * run a longer one after 1 ms: with a `heartbeatTimeout` of `Infinity` a peer would be reported as
+ * left 1 ms after its link dropped, and a `waitFor` of 30 days would time out at once.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 /** Read an environment variable; `undefined` when unset or not permitted. */
 export function getEnv(name: string): string | undefined {
   try {

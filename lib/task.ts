@@ -3,6 +3,7 @@ import { Context } from "./context.ts";
 import { notAString, TaskStateError, TimeoutError } from "./errors.ts";
 import { Router } from "./router.ts";
 import { log } from "./log.ts";
+import { MAX_TIMER_MS } from "./runtime.ts";
 
 /** The roles a node can take (DI-engine's `task.role`). */
 export const Role = {
@@ -415,10 +416,17 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       this.#waiters.add(fail);
       this.on(event, listener);
       if (Number.isFinite(timeout)) {
-        timer = setTimeout(
-          () => fail(new TimeoutError(`Cannot wait for event "${event}": timed out after ${timeout} ms`, { event, ms: timeout })),
-          timeout,
-        );
+        // A timer longer than MAX_TIMER_MS would fire after 1 ms: wait in steps.
+        const arm = (left: number) => {
+          timer = setTimeout(
+            () =>
+              left > MAX_TIMER_MS
+                ? arm(left - MAX_TIMER_MS)
+                : fail(new TimeoutError(`Cannot wait for event "${event}": timed out after ${timeout} ms`, { event, ms: timeout })),
+            Math.min(left, MAX_TIMER_MS),
+          );
+        };
+        arm(timeout);
       }
       signal?.addEventListener("abort", onAbort, { once: true });
     });

@@ -146,6 +146,11 @@ Plan("bad attachTo, limits and heartbeat settings stop the runner before any wor
   refused({ maxOutboxBytes: NaN }, /Invalid maxOutboxBytes/);
   refused({ heartbeatInterval: 100, heartbeatTimeout: 10 }, /heartbeatInterval 100: it must be shorter than heartbeatTimeout \(10 ms\)/);
   refused({ heartbeatInterval: 20_000 }, /shorter than heartbeatTimeout \(15000 ms\)/);
+  // Longer than a timer takes: it would fire after 1 ms (with Infinity, a peer whose link dropped
+  // was reported as left at once instead of never).
+  refused({ heartbeatTimeout: Infinity }, /Invalid heartbeatTimeout Infinity: expected at most 2147483647 ms/);
+  refused({ connectTimeout: 3e9 }, /Invalid connectTimeout 3000000000: expected at most 2147483647 ms/);
+  Parallel.runner({ nParallelWorkers: 2, heartbeatTimeout: 2_147_483_647, connectTimeout: 2_147_483_647 });
   // A short timeout alone is fine: the interval follows it.
   Parallel.runner({ nParallelWorkers: 2, heartbeatTimeout: 400 });
 });

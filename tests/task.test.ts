@@ -227,6 +227,23 @@ Events("waitFor() rejects with TimeoutError after timeout", async () => {
   t.stop();
 });
 
+Events("waitFor() with a timeout longer than a timer takes (30 days) waits; it used to time out after 1 ms", async () => {
+  const t = new Task();
+  t.start();
+  let settled = "";
+  const p = t.waitFor("late", { timeout: 30 * 24 * 3600 * 1000 }).then(
+    () => (settled = "resolved"),
+    (e: Error) => (settled = `rejected: ${e.message}`),
+  );
+  // A timer set after it for 5 ms fires after a 1 ms one: by then an overflowed timeout had fired.
+  await new Promise((r) => setTimeout(r, 5));
+  assert.is(settled, "");
+  t.emit("late");
+  await p;
+  assert.is(settled, "resolved");
+  t.stop();
+});
+
 Events("waitFor() with timeout inside run(1) makes run reject (DI-engine test_wait_for)", async () => {
   const t = new Task();
   t.start({ asyncMode: true });

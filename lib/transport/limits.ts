@@ -1,5 +1,6 @@
 // The limits and timings every transport takes, checked in one place (the transports and
 // Parallel.runner, which checks them before it starts any worker).
+import { MAX_TIMER_MS } from "../runtime.ts";
 
 /** A node's limits and timings; the ws mesh names its timeout `heartbeatTimeout`, Redis `peerTimeout`. */
 export interface NodeLimits {
@@ -13,9 +14,12 @@ export interface NodeLimits {
 }
 
 const NAMES = ["maxPayload", "connectTimeout", "heartbeatInterval", "heartbeatTimeout", "peerTimeout", "maxOutboxBytes", "maxQueuedBytes"] as const;
+const TIMINGS = new Set<string>(["connectTimeout", "heartbeatInterval", "heartbeatTimeout", "peerTimeout"]);
+
 
 /**
- * Check the limits and timings that are given: each a number > 0, and a `heartbeatInterval` that
+ * Check the limits and timings that are given: each a number > 0 (timings at most
+ * {@link MAX_TIMER_MS}), and a `heartbeatInterval` that
  * is given shorter than the timeout (`heartbeatTimeout` or `peerTimeout`, default 15000 ms). When
  * no interval is given, the transports take one short enough for the timeout.
  *
@@ -30,6 +34,9 @@ export function checkNodeLimits(o: NodeLimits): void {
     const v = o[name];
     if (v !== undefined && (typeof v !== "number" || !(v > 0))) {
       throw new TypeError(`Invalid ${name} ${JSON.stringify(v) ?? String(v)}: expected a number > 0`);
+    }
+    if (v !== undefined && TIMINGS.has(name) && v > MAX_TIMER_MS) {
+      throw new TypeError(`Invalid ${name} ${v}: expected at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest timer there is`);
     }
   }
   const [name, timeout] = o.peerTimeout !== undefined ? ["peerTimeout", o.peerTimeout] : ["heartbeatTimeout", o.heartbeatTimeout ?? 15_000];

@@ -97,6 +97,7 @@ W("frames round-trip; names escape glob characters of the job; membership messag
   assert.throws(() => new RedisTransport({ nodeId: 0, redisPort: 70_000 }), /Invalid redisPort/);
   // Limits and timings, checked as the mesh checks them (with Redis's name for the timeout).
   assert.throws(() => new RedisTransport({ nodeId: 0, peerTimeout: -1 }), /Invalid peerTimeout -1: expected a number > 0/);
+  assert.throws(() => new RedisTransport({ nodeId: 0, peerTimeout: Infinity }), /Invalid peerTimeout Infinity: expected at most 2147483647 ms/);
   assert.throws(() => new RedisTransport({ nodeId: 0, maxQueuedBytes: 0 }), /Invalid maxQueuedBytes 0/);
   assert.throws(
     () => new RedisTransport({ nodeId: 0, heartbeatInterval: 2000, peerTimeout: 1000 }),
