@@ -19,7 +19,7 @@ import type { MainFn, Parallel, ParallelOptions } from "./parallel.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parsePlatform, type PlatformArgs, PLATFORMS } from "./platform/mod.ts";
 import { MAX_LOCAL_WORKERS, padParam } from "./platform/spec.ts";
-import { enableTypeScriptImports, envSnapshot, getEnv, runtimeKey } from "./runtime.ts";
+import { enableTypeScriptImports, envSnapshot, getEnv, MAX_TIMER_MS, runtimeKey } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
 /** Exit code of a run that ended well. */
@@ -461,8 +461,10 @@ function parseValues(v: Values): Parsed {
   }
   if (v["connect-timeout"] !== undefined) {
     const s = Number(v["connect-timeout"]);
-    if (v["connect-timeout"].trim() === "" || !Number.isFinite(s) || s <= 0) {
-      throw new UsageError(`Invalid --connect-timeout ${quote(v["connect-timeout"])}: expected a number of seconds > 0`);
+    if (v["connect-timeout"].trim() === "" || !Number.isFinite(s) || s <= 0 || s * 1000 > MAX_TIMER_MS) {
+      throw new UsageError(
+        `Invalid --connect-timeout ${quote(v["connect-timeout"])}: expected a number of seconds > 0 and at most ${Math.floor(MAX_TIMER_MS / 1000)}`,
+      );
     }
     args.connectTimeout = Math.round(s * 1000);
   }

@@ -136,6 +136,7 @@ const BAD_INPUT: Array<[string, string[], Record<string, string>, RegExp]> = [
   ["an empty secret", [...mainArgs, "--secret="], {}, /Invalid --secret ""/],
   ["a secret with Redis", [...mainArgs, "--mq-type", "redis", "--secret", "s"], {}, /secret secures the ws mesh and does nothing with mqType "redis"/],
   ["a connect timeout that is not a positive number", [...mainArgs, "--connect-timeout", "0"], {}, /Invalid --connect-timeout "0": expected a number of seconds > 0/],
+  ["a connect timeout longer than a timer takes", [...mainArgs, "--connect-timeout", "3000000"], {}, /Invalid --connect-timeout "3000000": expected a number of seconds > 0 and at most 2147483/],
   [
     "a certificate without a key",
     [...mainArgs, "--tls-cert", "cert.pem"],
