@@ -525,16 +525,47 @@ function prefixLines(from: NodeJS.ReadableStream, to: NodeJS.WriteStream, nodeId
   const colour = to.isTTY ? COLOURS[nodeId % COLOURS.length] : undefined;
   const prefix = colour ? `\x1b[${colour}m[node ${nodeId}]\x1b[0m ` : `[node ${nodeId}] `;
   let rest = "";
+  const write = (text: string) => {
+    if (output.closed) return;
+    try {
+      to.write(text);
+    } catch {
+      output.close(); // Deno throws a broken pipe at once; Node emits it as an "error" event
+    }
+  };
   from.setEncoding("utf8");
   from.on("data", (chunk: string) => {
     const lines = (rest + chunk).split("\n");
     rest = lines.pop()!;
-    if (lines.length > 0) to.write(lines.map((l) => prefix + l + "\n").join(""));
+    if (lines.length > 0) write(lines.map((l) => prefix + l + "\n").join(""));
   });
   from.on("end", () => {
-    if (rest) to.write(prefix + rest + "\n");
+    if (rest) write(prefix + rest + "\n");
   });
 }
+
+/**
+ * Whether this process's stdout or stderr lost its reader (`ditask ... | head` once head has its
+ * lines): writing there fails with EPIPE, which would crash the launcher and orphan its workers.
+ * A launch that sees it stops its workers, as a process killed by SIGPIPE would be.
+ */
+const output = {
+  closed: false,
+  hooks: new Set<() => void>(),
+  watching: false,
+  watch(): void {
+    if (this.watching) return;
+    this.watching = true;
+    const closed = () => this.close();
+    process.stdout.on("error", closed);
+    process.stderr.on("error", closed);
+  },
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const hook of [...this.hooks]) hook();
+  },
+};
 
 /**
  * Make a launch's private directory, in the temp directory. When the ipc sockets of `ipcIds`
@@ -565,15 +596,21 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
   const args = scriptArgs();
   const base = envSnapshot();
   const live = new Set<ChildProcess>();
-  let interrupted: "SIGINT" | "SIGTERM" | undefined;
+  let interrupted: "SIGINT" | "SIGTERM" | "SIGPIPE" | undefined;
   let failure: WorkerExitError | undefined;
   const killAll = (sig: NodeJS.Signals) => {
     for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill(sig);
   };
-  const offSignals = onTerminate((sig) => {
-    interrupted = sig;
+  const stop = (why: "SIGINT" | "SIGTERM" | "SIGPIPE") => {
+    interrupted ??= why;
     killAll("SIGTERM");
-  });
+  };
+  const offSignals = onTerminate(stop);
+  const onOutputClosed = () => stop("SIGPIPE");
+  if (outputPrefix) {
+    output.watch();
+    output.hooks.add(onOutputClosed);
+  }
 
   /** The first failure stops the other workers (SIGTERM, then SIGKILL after 5 s). */
   const fail = (err: WorkerExitError) => {
@@ -626,6 +663,7 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
     const planValue = planEnv(dir, plan);
     let retries = 0;
     for (;;) {
+      if (failure || interrupted) return;
       const [code, signal, startError] = await start(plan, planValue, retries);
       if (code === 0 || failure || interrupted) return;
       if (startError !== undefined) {
@@ -650,12 +688,14 @@ async function launch(dir: string, plans: WorkerPlan[], outputPrefix: boolean): 
     }
   };
 
+  if (output.closed) onOutputClosed();
   await Promise.all(plans.map(supervise));
   offSignals();
+  output.hooks.delete(onOutputClosed);
   rmSync(dir, { recursive: true, force: true });
   if (interrupted) {
-    log.warn(`interrupted by ${interrupted}: all workers stopped`);
-    exitProcess(interrupted === "SIGINT" ? 130 : 143);
+    log.warn(interrupted === "SIGPIPE" ? "the output has no reader any more (EPIPE): all workers stopped" : `interrupted by ${interrupted}: all workers stopped`);
+    exitProcess(interrupted === "SIGINT" ? 130 : interrupted === "SIGPIPE" ? 141 : 143);
   }
   if (failure) throw failure;
 }

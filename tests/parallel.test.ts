@@ -519,6 +519,35 @@ P("SIGTERM on the launcher ends every worker and removes the run directory", asy
   }
 });
 
+P("a launcher whose output loses its reader (ditask ... | head) stops its workers, removes its run directory and exits 141", async () => {
+  const { spawnScript } = await import("../lib/runtime.ts");
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith("DITASK_")) env[k] = v;
+  const child = spawnScript(scenarios, ["chatter", JSON.stringify({ nParallelWorkers: 2, outputPrefix: true })], { env, stdio: "pipe" });
+  let out = "";
+  let err = "";
+  child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  const pids = () => [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+  try {
+    await until(() => pids().length === 2, "workers up", 20_000);
+    const ps = pids();
+    const dir = /dir (\S+)/.exec(out)![1]!;
+    // The reader goes away, as head does once it has its lines; the workers keep printing.
+    child.stdout!.destroy();
+    const code = await withTimeout(exited, 15_000, "launcher exit");
+    assert.is(code, 141, err);
+    assert.not.match(err, /Unhandled|Uncaught|EPIPE\n\s+at /, err);
+    assert.match(err, /the output has no reader any more \(EPIPE\): all workers stopped/);
+    await until(() => ps.every((p) => !alive(p)), "workers gone", 10_000);
+    assert.not.ok(existsSync(dir), `the run directory ${dir} is left behind`);
+  } finally {
+    child.kill("SIGKILL");
+    for (const p of pids()) if (alive(p)) process.kill(p, "SIGKILL");
+  }
+});
+
 P("SIGKILL on the launcher: the workers notice, remove its run directory and exit", async () => {
   const { child, pids, dir } = await startHang();
   try {

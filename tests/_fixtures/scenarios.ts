@@ -282,6 +282,17 @@ const mains: Record<string, () => Promise<void>> = {
     say(`node ${id()} started`);
   },
 
+  // Workers that print a line every 20 ms (for at most 30 s): for the closed-output test.
+  async chatter() {
+    const env = (globalThis as { Deno?: { env: { get(k: string): string | undefined } } }).Deno?.env.get("DITASK_WORKER") ??
+      process.env.DITASK_WORKER;
+    say(`node ${id()} pid ${process.pid} dir ${JSON.parse(env ?? "{}").runDir}`);
+    for (let i = 0; i < 1500; i++) {
+      say(`node ${id()} line ${i}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  },
+
   async hang() {
     // The launcher's run directory, from the plan it gave this worker (the test checks it is removed).
     const env = (globalThis as { Deno?: { env: { get(k: string): string | undefined } } }).Deno?.env.get("DITASK_WORKER") ??
