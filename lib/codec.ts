@@ -230,6 +230,21 @@ cbor.addExtension({
 } as Extension);
 cbor.addExtension({ tag: 80, decode: (bytes: Uint8Array) => decodeFloat16(bytes, false) } as Extension);
 
+// Objects that cbor-x would write as an empty map, losing what they hold without a word (a Promise
+// passed without `await` arrived as {}), or fail on with a puzzling message (a Blob). Refused.
+const UNSENDABLE: Array<[unknown, string]> = [
+  [Promise, "a Promise cannot be sent (did you forget await?)"],
+  [WeakMap, "a WeakMap cannot be sent (its entries cannot be listed; use a Map)"],
+  [WeakSet, "a WeakSet cannot be sent (its entries cannot be listed; use a Set)"],
+  [globalThis.WeakRef, "a WeakRef cannot be sent (send what it refers to)"],
+  [globalThis.SharedArrayBuffer, "a SharedArrayBuffer cannot be sent as it is (send a typed array over it: new Uint8Array(sab))"],
+  [globalThis.Blob, "a Blob cannot be sent (send its bytes: new Uint8Array(await blob.arrayBuffer()))"],
+];
+for (const [Class, why] of UNSENDABLE) {
+  if (typeof Class !== "function") continue;
+  cbor.addExtension({ Class, encode: () => { throw new TypeError(why); } } as unknown as Extension);
+}
+
 const TYPED_TAGS = new Map<unknown, number>([
   [Uint8Array, 64],
   [Uint8ClampedArray, 68],

@@ -126,6 +126,26 @@ C("a lone surrogate arrives as one U+FFFD, as TextEncoder sends it, in short and
   }
 });
 
+C("a Promise (a missing await), weak collections, a SharedArrayBuffer and a Blob are refused, not sent as {}", () => {
+  const cases: Array<[unknown, RegExp]> = [
+    [Promise.resolve(1), /a Promise cannot be sent \(did you forget await\?\)/],
+    [(async () => 1)(), /a Promise cannot be sent/],
+    [new WeakMap(), /a WeakMap cannot be sent/],
+    [new WeakSet(), /a WeakSet cannot be sent/],
+    [new WeakRef({}), /a WeakRef cannot be sent/],
+    [new SharedArrayBuffer(8), /a SharedArrayBuffer cannot be sent as it is \(send a typed array over it/],
+    [new Blob(["hi"]), /a Blob cannot be sent \(send its bytes/],
+  ];
+  for (const [v, re] of cases) {
+    for (const wrapped of [v, [v], { deep: [1, { v }] }, [new Float32Array(LARGE_TYPED_ARRAY), v]]) {
+      assert.throws(() => cborCodec.encode(wrapped), (e: unknown) => e instanceof CodecError && re.test((e as Error).message), re.source);
+    }
+  }
+  // A typed array over a SharedArrayBuffer is sent as its bytes.
+  const shared = new Uint8Array(new SharedArrayBuffer(4)).fill(7);
+  assert.equal([...(rt(shared) as Uint8Array)], [7, 7, 7, 7]);
+});
+
 C("a 1M-element Float32Array round-trips intact", () => {
   const a = new Float32Array(1_000_000);
   for (let i = 0; i < a.length; i++) a[i] = i * 0.5;
