@@ -121,25 +121,60 @@ function toFn<C extends Context>(mw: Middleware<C>): MiddlewareFn<C> {
   throw new TypeError(`Middleware should be a function or an object with a call(ctx) method, got ${typeof mw}`);
 }
 
-/** Compile a fnmatch-style glob (`*`, `?`, `[abc]`) to a regular expression. */
+/**
+ * Compile a fnmatch-style glob (`*`, `?`, `[abc]`, `[!a-z]`) to a regular expression, as Python's
+ * `fnmatch.translate` does: a `]` first in a class is a member, `^` is a literal, a range written
+ * backwards (`[9-0]`) matches nothing, and an unclosed `[` is a literal.
+ */
 function globToRegExp(glob: string): RegExp {
   let re = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
+  const n = glob.length;
+  let i = 0;
+  while (i < n) {
+    const c = glob[i++]!;
     if (c === "*") re += ".*";
     else if (c === "?") re += ".";
     else if (c === "[") {
-      const end = glob.indexOf("]", i + 1);
-      if (end < 0) re += "\\[";
-      else {
-        let body = glob.slice(i + 1, end);
-        if (body.startsWith("!")) body = "^" + body.slice(1);
-        re += "[" + body.replace(/\\/g, "\\\\") + "]";
-        i = end;
+      let j = i;
+      if (j < n && glob[j] === "!") j++;
+      if (j < n && glob[j] === "]") j++;
+      while (j < n && glob[j] !== "]") j++;
+      if (j >= n) {
+        re += "\\[";
+        continue;
       }
-    } else re += c.replace(/[.+^${}()|\\/]/g, "\\$&");
+      re += globClass(glob.slice(i, j));
+      i = j + 1;
+    } else re += c.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
   }
   return new RegExp("^" + re + "$");
+}
+
+/** The regular expression for the body of a glob's `[...]` (without the brackets). */
+function globClass(body: string): string {
+  const negated = body.startsWith("!");
+  const members = negated ? body.slice(1) : body;
+  // Split at the hyphens that make ranges ("a-c"), keeping a hyphen first or last as a member.
+  const parts: string[] = [];
+  let from = 0;
+  for (let k = members.indexOf("-", 1); k >= 0 && k < members.length - 1; k = members.indexOf("-", k + 3)) {
+    parts.push(members.slice(from, k));
+    from = k + 1;
+  }
+  parts.push(members.slice(from));
+  // Drop ranges written backwards: they match nothing.
+  for (let k = parts.length - 1; k > 0; k--) {
+    const before = parts[k - 1]!;
+    const after = parts[k]!;
+    if (before.length > 0 && after.length > 0 && before[before.length - 1]! > after[0]!) {
+      parts[k - 1] = before.slice(0, -1) + after.slice(1);
+      parts.splice(k, 1);
+    }
+  }
+  const escape = (p: string) => p.replace(/[\\\]\[^-]/g, "\\$&");
+  const set = parts.map(escape).join("-");
+  if (set === "") return negated ? "." : "(?!)";
+  return `[${negated ? "^" : ""}${set}]`;
 }
 
 async function advance(g: AnyGen): Promise<boolean> {

@@ -768,6 +768,35 @@ Labels("matchLabels() matches fnmatch globs, one or many", () => {
   t.stop();
 });
 
+Labels("matchLabels() reads bracket classes as Python's fnmatch does; a backwards range matches nothing instead of throwing", () => {
+  // Expected values from Python 3's fnmatch.fnmatchcase(label, glob), DI-engine's matcher.
+  const cases: Array<[glob: string, label: string, expected: boolean]> = [
+    ["node.[9-0]2", "node.12", false], // threw "Invalid regular expression: Range out of order"
+    ["node.[!9-0]2", "node.12", true],
+    ["[]]x", "]x", true],
+    ["[!]]x", "]x", false],
+    ["[!]]x", "ax", true],
+    ["[^]up", "^up", true], // "^" is a member, not a negation
+    ["[^]up", "xup", false],
+    ["[z-a]", "e", false],
+    ["[!z-a]", "e", true],
+    ["[c-a-e]", "-", true],
+    ["[c-a-e]", "b", false],
+    ["[a-]-z", "a-z", true],
+    ["[\\]", "\\", true],
+    ["c[[]d]", "c[d]", true],
+    ["[", "[", true],
+    ["x[", "x[", true],
+    ["[!]", "[!]", true],
+  ];
+  for (const [glob, label, expected] of cases) {
+    const t = new Task();
+    t.start({ labels: [label] });
+    assert.is(t.matchLabels(glob), expected, `${JSON.stringify(glob)} on ${JSON.stringify(label)}`);
+    t.stop();
+  }
+});
+
 Labels("hasRole() is true when no role was added; roles reset at start()", () => {
   const t = new Task();
   t.start();
