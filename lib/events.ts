@@ -73,6 +73,19 @@ export class EventBus {
     return true;
   }
 
+  /**
+   * The listeners of `event`, in the order they run (a copy).
+   *
+   * @example
+   * ```ts
+   * const bus = new EventBus(); const f = () => {}; bus.on("x", f);
+   * bus.listeners("x"); // [f]
+   * ```
+   */
+  listeners(event: string): Listener[] {
+    return [...(this.#listeners.get(event) ?? [])];
+  }
+
   /** Whether `event` has at least one listener. */
   has(event: string): boolean {
     return this.#listeners.has(event);

@@ -217,6 +217,8 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   #lock = new Lock();
   #errors: unknown[] = [];
   #waiters = new Set<(err: unknown) => void>();
+  /** The listeners that pending `waitFor` calls registered (`off(event)` leaves them). */
+  #waitListeners = new Set<Listener>();
   // The lock of each generator waiting for its backward half: the lock is held again for it.
   #genLocks = new WeakMap<AnyGen, Lock>();
 
@@ -403,9 +405,18 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     return this.on(event, wrapper);
   }
 
-  /** Remove `fn` from `event`, or every listener of `event` when `fn` is omitted. */
+  /**
+   * Remove `fn` from `event`, or every listener of `event` when `fn` is omitted (pending `waitFor`
+   * calls keep waiting).
+   */
   off<K extends keyof E & string>(event: K, fn?: Listener<E[K]>): void {
-    this.#bus.off(event, fn as unknown as Listener | undefined);
+    if (fn === undefined) {
+      // Pending waitFor calls are not listeners the caller added: they keep waiting. (DI-engine
+      // drops them too, and a wait_for without a timeout then never returns.)
+      const waiting = this.#bus.listeners(event).filter((l) => this.#waitListeners.has(l));
+      this.#bus.off(event);
+      for (const l of waiting) this.#bus.on(event, l);
+    } else this.#bus.off(event, fn as unknown as Listener);
     if (!this.#bus.has(event) && event !== "finish") this.router.taskInterest(event, false);
   }
 
@@ -435,6 +446,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const done = () => {
         this.#waiters.delete(fail);
+        this.#waitListeners.delete(listener as unknown as Listener);
         this.off(event, listener);
         if (timer !== undefined) clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
@@ -449,6 +461,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       };
       const onAbort = () => fail(signal!.reason);
       this.#waiters.add(fail);
+      this.#waitListeners.add(listener as unknown as Listener);
       this.on(event, listener);
       if (Number.isFinite(timeout)) {
         // A timer longer than MAX_TIMER_MS would fire after 1 ms: wait in steps.

@@ -227,6 +227,24 @@ Events("waitFor() rejects with TimeoutError after timeout", async () => {
   t.stop();
 });
 
+Events("off(event) removes the listeners but not a pending waitFor(event), which still resolves", async () => {
+  const t = new Task();
+  t.start();
+  const p = t.waitFor("model", { timeout: 5_000 });
+  let heard = 0;
+  t.on("model", () => {
+    heard++;
+  });
+  t.off("model");
+  t.emit("model", 7);
+  assert.equal(await p, [7]);
+  assert.is(heard, 0);
+  // Once it resolved, nothing of it is left behind.
+  t.emit("model", 8);
+  assert.is(heard, 0);
+  t.stop();
+});
+
 Events("waitFor() with a timeout longer than a timer takes (30 days) waits; it used to time out after 1 ms", async () => {
   const t = new Task();
   t.start();
