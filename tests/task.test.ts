@@ -227,6 +227,27 @@ Events("waitFor() rejects with TimeoutError after timeout", async () => {
   t.stop();
 });
 
+Events("off(event, fn) removes a listener added with once(event, fn), the latest registration first", () => {
+  const t = new Task();
+  t.start();
+  let n = 0;
+  const f = () => {
+    n++;
+  };
+  t.once("x", f);
+  t.off("x", f);
+  t.emit("x");
+  assert.is(n, 0, "once(f) then off(f): not called");
+  // on(f) then once(f): off(f) takes the later one, the once.
+  t.on("x", f);
+  t.once("x", f);
+  t.off("x", f);
+  t.emit("x");
+  t.emit("x");
+  assert.is(n, 2, "the on(f) registration stays and is called on each emit");
+  t.stop();
+});
+
 Events("off(event) removes the listeners but not a pending waitFor(event), which still resolves", async () => {
   const t = new Task();
   t.start();
