@@ -29,6 +29,8 @@ export type ListenerErrorHandler = (err: unknown, event: string) => void;
  */
 export class EventBus {
   #listeners = new Map<string, Listener[]>();
+  /** Wrappers and the functions they stand for (see {@link EventBus.standIn}). */
+  #standsFor = new WeakMap<Listener, Listener>();
   #onError: ListenerErrorHandler;
   #onAdd: ((event: string) => void) | undefined;
 
@@ -55,7 +57,8 @@ export class EventBus {
   }
 
   /**
-   * Remove one registration of `fn` for `event`, or every listener of `event` when `fn` is omitted.
+   * Remove the latest registration of `fn` (or of a stand-in for it, see {@link EventBus.standIn}) for
+   * `event`, or every listener of `event` when `fn` is omitted.
    *
    * @returns Whether anything was removed.
    */
@@ -66,7 +69,9 @@ export class EventBus {
       this.#listeners.delete(event);
       return true;
     }
-    const i = list.lastIndexOf(fn);
+    // The latest registration of `fn` itself or of a stand-in for it (a once() wrapper).
+    let i = list.length - 1;
+    while (i >= 0 && list[i] !== fn && this.#standsFor.get(list[i]!) !== fn) i--;
     if (i < 0) return false;
     if (list.length === 1) this.#listeners.delete(event);
     else this.#listeners.set(event, [...list.slice(0, i), ...list.slice(i + 1)]);
@@ -74,11 +79,26 @@ export class EventBus {
   }
 
   /**
+   * Let `wrapper` stand for `fn`: `off(event, fn)` then removes a registration of `wrapper` too.
+   * For wrappers such as `once`'s, so that removing the function the caller gave works.
+   *
+   * @example
+   * ```ts
+   * const bus = new EventBus((err) => console.error(err)); const fn = () => {};
+   * const wrapper = (...a: unknown[]) => { bus.off("x", wrapper); return fn(...a); };
+   * bus.standIn(wrapper, fn); bus.on("x", wrapper); bus.off("x", fn); // removed
+   * ```
+   */
+  standIn(wrapper: Listener, fn: Listener): void {
+    this.#standsFor.set(wrapper, fn);
+  }
+
+  /**
    * The listeners of `event`, in the order they run (a copy).
    *
    * @example
    * ```ts
-   * const bus = new EventBus(); const f = () => {}; bus.on("x", f);
+   * const bus = new EventBus((err) => console.error(err)); const f = () => {}; bus.on("x", f);
    * bus.listeners("x"); // [f]
    * ```
    */

@@ -189,10 +189,13 @@ export class Router {
 
   /** Listen to one message of `topic`. */
   once(topic: string, fn: Listener): () => void {
-    const off = this.on(topic, (...args) => {
+    const wrapper: Listener = (...args) => {
       off();
       return fn(...args);
-    });
+    };
+    // off(topic, fn) removes it too.
+    this.#bus.standIn(wrapper, fn);
+    const off = this.on(topic, wrapper);
     return off;
   }
 

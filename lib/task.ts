@@ -217,8 +217,6 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   #lock = new Lock();
   #errors: unknown[] = [];
   #waiters = new Set<(err: unknown) => void>();
-  /** once()'s wrappers and the functions they stand for, so that off(event, fn) finds them. */
-  #onceOf = new WeakMap<Listener, Listener>();
   /** The listeners that pending `waitFor` calls registered (`off(event)` leaves them). */
   #waitListeners = new Set<Listener>();
   // The lock of each generator waiting for its backward half: the lock is held again for it.
@@ -404,7 +402,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       this.off(event, wrapper);
       return fn(...args);
     }) as Listener<E[K]>;
-    this.#onceOf.set(wrapper as unknown as Listener, fn as unknown as Listener);
+    this.#bus.standIn(wrapper as unknown as Listener, fn as unknown as Listener);
     return this.on(event, wrapper);
   }
 
@@ -419,14 +417,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
       const waiting = this.#bus.listeners(event).filter((l) => this.#waitListeners.has(l));
       this.#bus.off(event);
       for (const l of waiting) this.#bus.on(event, l);
-    } else {
-      // The latest registration of `fn`, by on() or by once() (whose wrapper stands for it).
-      const list = this.#bus.listeners(event);
-      const f = fn as unknown as Listener;
-      let i = list.length - 1;
-      while (i >= 0 && list[i] !== f && this.#onceOf.get(list[i]!) !== f) i--;
-      if (i >= 0) this.#bus.off(event, list[i]!);
-    }
+    } else this.#bus.off(event, fn as unknown as Listener);
     if (!this.#bus.has(event) && event !== "finish") this.router.taskInterest(event, false);
   }
 

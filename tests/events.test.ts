@@ -84,4 +84,25 @@ Bus("off() without fn removes every listener; the unsubscribe function removes o
   assert.is(bus.emit("e", []), 0);
 });
 
+Bus("standIn: off(event, fn) removes the latest registration of fn or of a wrapper standing for it; listeners() lists them", () => {
+  const bus = new EventBus(() => {});
+  const calls: string[] = [];
+  const fn = () => void calls.push("fn");
+  const wrapper = () => void calls.push("wrapper");
+  bus.standIn(wrapper, fn);
+  bus.on("x", fn);
+  bus.on("x", wrapper);
+  assert.equal(bus.listeners("x"), [fn, wrapper]);
+  assert.ok(bus.off("x", fn), "the wrapper, registered last, goes first");
+  assert.equal(bus.listeners("x"), [fn]);
+  assert.ok(bus.off("x", fn));
+  assert.not.ok(bus.off("x", fn));
+  assert.equal(bus.listeners("x"), []);
+  // A stand-in is removed only for the function it stands for.
+  bus.on("y", wrapper);
+  assert.not.ok(bus.off("y", () => {}));
+  bus.emit("y", []);
+  assert.equal(calls, ["wrapper"]);
+});
+
 Bus.run();

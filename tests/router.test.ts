@@ -117,6 +117,17 @@ R("router.once() fires once", async () => {
   assert.is(n, 1);
 });
 
+R("router.off(topic, fn) removes a listener added with router.once(topic, fn)", async () => {
+  const [a, b] = await nodes(2);
+  let n = 0;
+  const f = () => void n++;
+  b!.task.router.once("t", f);
+  b!.task.router.off("t", f);
+  a!.task.router.emit("t");
+  await tick();
+  assert.is(n, 0);
+});
+
 R("start-up hold: an event that arrives before its listener is delivered when it registers", async () => {
   const [a, b] = await nodes(2);
   a!.task.start();
