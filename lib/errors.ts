@@ -186,6 +186,38 @@ export function fromPlainError(plain: PlainError): RemoteError {
  * ```
  */
 export function notAString(verb: string, value: unknown, what: string): TypeError {
-  const shown = typeof value === "symbol" ? value.toString() : (JSON.stringify(value) ?? String(value));
-  return new TypeError(`Cannot ${verb} ${shown}: ${what} must be a string`);
+  return new TypeError(`Cannot ${verb} ${shown(value)}: ${what} must be a string`);
+}
+
+function shown(value: unknown): string {
+  if (typeof value === "symbol") return value.toString();
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/**
+ * `value` as a list of strings: an array, a Set or another iterable of strings. A lone string is
+ * refused, not read letter by letter.
+ *
+ * @param name The option, for the message (`labels`).
+ * @throws {TypeError} Naming the option and the value that is not a string.
+ * @example
+ * ```ts
+ * stringList(new Set(["collector"]), "labels"); // ["collector"]
+ * stringList("collector", "labels"); // TypeError: Invalid labels "collector": expected a list of strings, such as ["collector"]
+ * ```
+ */
+export function stringList(value: unknown, name: string): string[] {
+  if (typeof value === "string") {
+    throw new TypeError(`Invalid ${name} ${shown(value)}: expected a list of strings, such as [${shown(value)}]`);
+  }
+  if (typeof value !== "object" || value === null || typeof (value as Iterable<unknown>)[Symbol.iterator] !== "function") {
+    throw new TypeError(`Invalid ${name} ${shown(value)}: expected a list of strings`);
+  }
+  const list = [...(value as Iterable<unknown>)];
+  for (const x of list) if (typeof x !== "string") throw new TypeError(`Invalid ${name}: ${shown(x)} is not a string`);
+  return list as string[];
 }

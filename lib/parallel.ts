@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { task } from "./task.ts";
 import { cborCodec } from "./codec.ts";
-import { DitaskError, fromPlainError, type PlainError, toPlainError, WorkerExitError } from "./errors.ts";
+import { DitaskError, fromPlainError, type PlainError, stringList, toPlainError, WorkerExitError } from "./errors.ts";
 import { log } from "./log.ts";
 import {
   entryScript,
@@ -253,8 +253,7 @@ export function normalizeOptions(options: ParallelOptions): Required<
       if (nodeIds.includes(id)) throw new RangeError(`Invalid expectPeers: node id ${id} is one of this launch's workers`);
     }
   }
-  const labels = [...(options.labels ?? [])];
-  if (!labels.every((l) => typeof l === "string")) throw new TypeError("Invalid labels: expected strings");
+  const labels = options.labels === undefined ? [] : stringList(options.labels, "labels");
   const maxRetries = options.maxRetries ?? Infinity;
   if (typeof maxRetries !== "number" || maxRetries < 0 || Number.isNaN(maxRetries)) {
     throw new RangeError(`Invalid maxRetries ${JSON.stringify(maxRetries)}: expected a number >= 0`);

@@ -1,6 +1,6 @@
 import { type AnyEvents, EventBus, type EventMap, type Listener } from "./events.ts";
 import { Context } from "./context.ts";
-import { notAString, TaskStateError, TimeoutError } from "./errors.ts";
+import { notAString, stringList, TaskStateError, TimeoutError } from "./errors.ts";
 import { Router } from "./router.ts";
 import { log } from "./log.ts";
 import { MAX_TIMER_MS } from "./runtime.ts";
@@ -255,6 +255,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     if (options.ctx !== undefined && !(options.ctx instanceof Context)) {
       throw new TypeError("Cannot start the task: options.ctx must be a Context");
     }
+    const labels = options.labels === undefined ? [] : stringList(options.labels, "labels");
     this.#running = true;
     this.#finish = false;
     this.#asyncMode = options.asyncMode ?? false;
@@ -264,7 +265,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     this.#backward = [];
     this.#roles = new Set();
     this.#errors = [];
-    this.#labels = new Set(options.labels ?? []);
+    this.#labels = new Set(labels);
     if (this.#asyncMode) this.#labels.add("async");
     if (this.router.isActive) {
       this.router.taskInterest("finish", true);
@@ -627,7 +628,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
   /** Whether any label matches any of the glob `patterns` (`*`, `?`, `[...]`), e.g. `"node.*"`. */
   matchLabels(patterns: string | Iterable<string>): boolean {
-    const list = typeof patterns === "string" ? [patterns] : [...patterns];
+    const list = typeof patterns === "string" ? [patterns] : stringList(patterns, "label patterns");
     return list.some((p) => {
       const re = globToRegExp(p);
       for (const l of this.#labels) if (re.test(l)) return true;
@@ -637,6 +638,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
 
   /** Give this node a role. */
   addRole(role: Role): void {
+    if (typeof role !== "string") throw notAString("add role", role, "a role");
     this.#roles.add(role);
   }
 

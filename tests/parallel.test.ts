@@ -121,6 +121,8 @@ Plan("bad options throw at once with errors naming the problem", () => {
     [{ nParallelWorkers: 1.5 }, RangeError, /nParallelWorkers/],
     [{ nParallelWorkers: 1e9 }, RangeError, /nParallelWorkers 1000000000: one launch starts at most 4096/],
     [{ nParallelWorkers: 4097 }, RangeError, /at most 4096/],
+    [{ nParallelWorkers: 2, labels: "collector" }, TypeError, /Invalid labels "collector": expected a list of strings, such as \["collector"\]/],
+    [{ nParallelWorkers: 2, labels: ["a", 1] }, TypeError, /Invalid labels: 1 is not a string/],
     [{ nParallelWorkers: 2, topology: "ring" }, TypeError, /topology "ring"/],
     [{ nParallelWorkers: 2, protocol: "udp" }, TypeError, /protocol "udp"/],
     [{ nParallelWorkers: 2, mqType: "zmq" }, TypeError, /mqType "zmq"/],

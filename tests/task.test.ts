@@ -794,6 +794,21 @@ Labels("labels: standalone, async, and user labels", () => {
   t.stop();
 });
 
+Labels("a lone string, a number or a non-string item as labels, patterns or a role is refused, not read letter by letter", () => {
+  const t = new Task();
+  // start() refuses before it starts: the task can start afterwards.
+  assert.throws(() => t.start({ labels: "collector" as never }), /Invalid labels "collector": expected a list of strings, such as \["collector"\]/);
+  assert.throws(() => t.start({ labels: [1, 2] as never }), /Invalid labels: 1 is not a string/);
+  assert.throws(() => t.start({ labels: 5 as never }), /Invalid labels 5: expected a list of strings/);
+  assert.not.ok(t.running);
+  t.start({ labels: new Set(["gpu"]) });
+  assert.ok(t.labels.has("gpu"));
+  assert.throws(() => t.matchLabels(null as never), /Invalid label patterns null: expected a list of strings/);
+  assert.throws(() => t.matchLabels(["gpu", 3] as never), /Invalid label patterns: 3 is not a string/);
+  assert.throws(() => t.addRole(5 as never), /Cannot add role 5: a role must be a string/);
+  t.stop();
+});
+
 Labels("matchLabels() matches fnmatch globs, one or many", () => {
   const t = new Task();
   t.start({ labels: ["node.3", "collector"] });
