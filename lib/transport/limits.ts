@@ -1,6 +1,7 @@
 // The limits and timings every transport takes, checked in one place (the transports and
 // Parallel.runner, which checks them before it starts any worker).
 import { MAX_TIMER_MS } from "../runtime.ts";
+import { stringList } from "../errors.ts";
 
 /** A node's limits and timings; the ws mesh names its timeout `heartbeatTimeout`, Redis `peerTimeout`. */
 export interface NodeLimits {
@@ -45,4 +46,24 @@ export function checkNodeLimits(o: NodeLimits): void {
       `Invalid heartbeatInterval ${o.heartbeatInterval}: it must be shorter than ${name} (${timeout} ms), or peers would be dropped between two heartbeats`,
     );
   }
+}
+
+/**
+ * The labels a node announces and the node ids it waits for, checked: a list of strings and a
+ * list of integers >= 0 (a lone string would otherwise be read letter by letter, and `expect: ["1"]`
+ * would wait for a node that can never come).
+ *
+ * @throws {TypeError} Naming the option and the value.
+ * @example
+ * ```ts
+ * peerLists({ labels: ["gpu"], expect: [1, 2] }); // { labels: ["gpu"], expect: [1, 2] }
+ * ```
+ */
+export function peerLists(o: { labels?: unknown; expect?: unknown }): { labels: string[]; expect: number[] } {
+  const labels = o.labels === undefined ? [] : stringList(o.labels, "labels");
+  const expect = o.expect ?? [];
+  if (!Array.isArray(expect) || !expect.every((id) => Number.isInteger(id) && id >= 0)) {
+    throw new TypeError(`Invalid expect ${JSON.stringify(expect) ?? String(expect)}: expected a list of node ids (integers >= 0)`);
+  }
+  return { labels, expect };
 }

@@ -94,6 +94,8 @@ W("frames round-trip; names escape glob characters of the job; membership messag
   const t = new RedisTransport({ nodeId: 0, redisPort: 1 });
   assert.throws(() => t.publish("y".repeat(70_000), bytes(1)), /longer than 65535 bytes/);
   assert.throws(() => new RedisTransport({ nodeId: -1 }), /Invalid nodeId/);
+  assert.throws(() => new RedisTransport({ nodeId: 0, labels: "gpu" as never }), /Invalid labels "gpu": expected a list of strings/);
+  assert.throws(() => new RedisTransport({ nodeId: 0, expect: ["1"] as never }), /Invalid expect \["1"\]: expected a list of node ids/);
   assert.throws(() => new RedisTransport({ nodeId: 0, redisPort: 70_000 }), /Invalid redisPort/);
   // Limits and timings, checked as the mesh checks them (with Redis's name for the timeout).
   assert.throws(() => new RedisTransport({ nodeId: 0, peerTimeout: -1 }), /Invalid peerTimeout -1: expected a number > 0/);

@@ -61,6 +61,22 @@ async function rawPeer() {
   return { a, ws, frames, close };
 }
 
+F("the constructor refuses a lone string for dial or labels and expect ids that are not node ids", () => {
+  const refused: Array<[object, RegExp]> = [
+    [{ dial: "tcp://127.0.0.1:1" }, /Invalid dial "tcp:\/\/127.0.0.1:1": expected a list of strings, such as \["tcp:\/\/127.0.0.1:1"\]/],
+    [{ dial: [5] }, /Invalid dial: 5 is not a string/],
+    [{ labels: "gpu" }, /Invalid labels "gpu": expected a list of strings/],
+    [{ expect: 1 }, /Invalid expect 1: expected a list of node ids/],
+    [{ expect: ["1"] }, /Invalid expect \["1"\]: expected a list of node ids/],
+    [{ expect: [-1] }, /Invalid expect \[-1\]/],
+  ];
+  for (const [o, re] of refused) {
+    assert.throws(() => new WsMeshTransport({ nodeId: 0, ...o } as never), (e: unknown) => e instanceof TypeError && re.test((e as Error).message), JSON.stringify(o));
+  }
+  const t = new WsMeshTransport({ nodeId: 0, dial: ["tcp://127.0.0.1:1"], labels: ["gpu"], expect: [1] });
+  assert.equal(t.labels, ["gpu"]);
+});
+
 F("a lone publish goes out at once; the rest of the same tick goes out together at its end", async () => {
   const { a, frames, close } = await rawPeer();
   try {

@@ -9,7 +9,7 @@ import type { ConnectionOptions } from "node:tls";
 import type { Transport, TransportMessage } from "../types.ts";
 import { TransportError } from "../../errors.ts";
 import { TransportListeners } from "../_listeners.ts";
-import { checkNodeLimits } from "../limits.ts";
+import { checkNodeLimits, peerLists } from "../limits.ts";
 import { log } from "../../log.ts";
 import { getEnv } from "../../runtime.ts";
 import {
@@ -185,11 +185,12 @@ export class RedisTransport extends TransportListeners implements Transport {
       throw new TypeError(`Invalid nodeId ${options.nodeId}: expected an integer >= 0`);
     }
     this.nodeId = options.nodeId;
-    this.labels = options.labels ?? [];
+    const { labels, expect } = peerLists(options);
+    this.labels = labels;
     this.job = jobOf(options);
     this.#names = redisNames(this.job);
     this.#key = presenceKey(this.#names, this.nodeId);
-    this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
+    this.#expect = expect.filter((id) => id !== this.nodeId);
     this.#connectTimeout = options.connectTimeout ?? 60_000;
     this.#peerTimeout = options.peerTimeout ?? 15_000;
     // A short peerTimeout alone asks for quick detection: refresh presence often enough for it.

@@ -9,9 +9,9 @@ import type { RawData } from "ws";
 import { nanoid } from "nanoid";
 import type { Transport } from "../types.ts";
 import { TransportListeners } from "../_listeners.ts";
-import { TransportError } from "../../errors.ts";
+import { stringList, TransportError } from "../../errors.ts";
 import { log } from "../../log.ts";
-import { checkNodeLimits } from "../limits.ts";
+import { checkNodeLimits, peerLists } from "../limits.ts";
 import {
   type Address,
   authMac,
@@ -252,10 +252,11 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       throw new TypeError(`Invalid nodeId ${options.nodeId}: expected an integer >= 0`);
     }
     this.nodeId = options.nodeId;
-    this.labels = options.labels ?? [];
+    const { labels, expect } = peerLists(options);
+    this.labels = labels;
     this.#listen = options.listen === undefined ? undefined : parseAddress(options.listen, { listen: true });
-    this.#dial = (options.dial ?? []).map((a) => parseAddress(a));
-    this.#expect = (options.expect ?? []).filter((id) => id !== this.nodeId);
+    this.#dial = (options.dial === undefined ? [] : stringList(options.dial, "dial")).map((a) => parseAddress(a));
+    this.#expect = expect.filter((id) => id !== this.nodeId);
     checkNodeLimits(options);
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#connectTimeout = options.connectTimeout ?? 60_000;
