@@ -14,7 +14,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname, extname, isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { DitaskError, WorkerExitError } from "./errors.ts";
+import { DitaskError, RemoteError, WorkerExitError } from "./errors.ts";
 import type { MainFn, Parallel, ParallelOptions } from "./parallel.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
 import { parsePlatform, type PlatformArgs, PLATFORMS } from "./platform/mod.ts";
@@ -587,7 +587,9 @@ export async function main(argv: string[]): Promise<number> {
   const debug = (getEnv("DITASK_LOG") ?? "").toLowerCase() === "debug";
   const fail = (code: number, message: string, err?: unknown): number => {
     console.error(`ditask: ${message}`);
-    if (debug && err instanceof Error && err.stack) console.error(err.stack);
+    // A worker's error: its own stack (with its cause), not where the launcher rebuilt it.
+    const stack = err instanceof RemoteError && err.remoteStack ? err.remoteStack : err instanceof Error ? err.stack : undefined;
+    if (debug && stack) console.error(stack);
     return code;
   };
   let parsed: Parsed;

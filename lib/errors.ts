@@ -153,10 +153,16 @@ export function toPlainError(err: unknown, nodeId?: number): PlainError {
     const code = (err as { code?: unknown }).code;
     if (typeof code === "string") out.code = code;
     if (err.stack !== undefined) out.stack = err.stack;
+    // The cause, as Node prints it, so that it survives the trip to the launcher.
+    if (err.cause !== undefined) {
+      const cause = err.cause instanceof Error ? (err.cause.stack ?? `${err.cause.name}: ${err.cause.message}`) : shown(err.cause);
+      out.stack = `${out.stack ?? `${err.name}: ${err.message}`}\n[cause]: ${cause}`;
+    }
     if (nodeId !== undefined) out.nodeId = nodeId;
     return out;
   }
-  const out: PlainError = { name: "Error", message: String(err) };
+  // A thrown object that is no Error (`throw { code: 5 }`): its JSON, not "[object Object]".
+  const out: PlainError = { name: "Error", message: typeof err === "object" && err !== null ? shown(err) : String(err) };
   if (nodeId !== undefined) out.nodeId = nodeId;
   return out;
 }

@@ -309,6 +309,19 @@ Cli("a failing worker: exit code 1 and one line naming the node and its message"
   assert.ok(lines(r.stderr).at(-1) === own[0], "the failure is the last line");
 });
 
+Cli("a worker's error: a thrown object shows as JSON; DITASK_LOG=debug prints the worker's own stack and cause", async () => {
+  const r = await runCli(["-q", "-p", PKG, "-m", "mesh.throwsObject", "--parallel-workers", "2"]);
+  assert.is(r.code, 1, show(r));
+  assert.ok(lines(r.stderr).includes('ditask: node 1 failed: {"code":5,"detail":"not an Error"}'), show(r));
+  const d = await runCli(["-q", "-p", PKG, "-m", "mesh.failsWithCause", "--parallel-workers", "2"], { env: { DITASK_LOG: "debug" } });
+  assert.is(d.code, 1, show(d));
+  assert.ok(lines(d.stderr).includes("ditask: node 1 failed: outer failure"), show(d));
+  // The stack is where the worker threw (the fixture), not where the launcher rebuilt the error.
+  assert.match(d.stderr, /Error: outer failure\n\s+at failsWithCause \(/, show(d));
+  assert.match(d.stderr, /\[cause\]: RangeError: inner reason/, show(d));
+  assert.not.match(d.stderr, /RemoteError: outer failure\n\s+at fromPlainError/, show(d));
+});
+
 Cli("a failing main in a single worker: exit code 1, node 0 named", async () => {
   const r = await runCli(["-q", "-p", PKG, "-m", "mesh.fails", "--node-ids", "1"]);
   assert.is(r.code, 1, show(r));

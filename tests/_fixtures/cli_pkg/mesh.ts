@@ -19,6 +19,16 @@ export function fails(): void {
   if (task.router.nodeId === 1) throw new Error("boom from the fixture");
 }
 
+/** Node 1 throws an Error with a cause. */
+export function failsWithCause(): void {
+  if (task.router.nodeId === 1) throw new Error("outer failure", { cause: new RangeError("inner reason") });
+}
+
+/** Node 1 throws an object that is no Error. */
+export function throwsObject(): void {
+  if (task.router.nodeId === 1) throw { code: 5, detail: "not an Error" };
+}
+
 /** Print what this node knows about itself (for the platform tests). */
 export function report(): void {
   const labels = [...task.router.labels].sort().join(",");
