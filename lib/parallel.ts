@@ -240,6 +240,10 @@ export function normalizeOptions(options: ParallelOptions): Required<
     if (protocol === "tcp" && ports.length !== n) {
       throw new RangeError(`Invalid ports: ${ports.length} ports for ${n} workers`);
     }
+    // The local workers share one address: two on one port cannot both listen.
+    if (protocol === "tcp" && new Set(ports).size !== ports.length) {
+      throw new RangeError(`Invalid ports ${JSON.stringify(ports)}: ports repeat (each worker listens on its own)`);
+    }
   }
   if (options.attachTo !== undefined && !Array.isArray(options.attachTo)) {
     throw new TypeError(`Invalid attachTo ${JSON.stringify(options.attachTo)}: expected an array of addresses`);

@@ -163,6 +163,12 @@ const BAD_INPUT: Array<[string, string[], Record<string, string>, RegExp]> = [
     /3 ports for 2 workers/,
   ],
   [
+    "two workers on one port",
+    [...mainArgs, "--parallel-workers", "2", "--protocol", "tcp", "--ports", "50515,50515"],
+    {},
+    /Invalid ports \[50515,50515\]: ports repeat/,
+  ],
+  [
     "zero workers",
     [...mainArgs, "--parallel-workers", "0"],
     {},

@@ -129,6 +129,7 @@ Plan("bad options throw at once with errors naming the problem", () => {
     [{ nParallelWorkers: 2, nodeIds: [1, 1] }, RangeError, /repeat/],
     [{ nParallelWorkers: 3, protocol: "tcp", ports: [1, 2] }, RangeError, /2 ports for 3 workers/],
     [{ nParallelWorkers: 2, ports: 70000 }, RangeError, /port/],
+    [{ nParallelWorkers: 2, protocol: "tcp", ports: [50515, 50515] }, RangeError, /Invalid ports \[50515,50515\]: ports repeat/],
     [{ nParallelWorkers: 2, attachTo: ["nowhere"] }, TypeError, /"nowhere"/],
     [{ nParallelWorkers: 2, maxRetries: -1 }, RangeError, /maxRetries/],
   ];
