@@ -126,7 +126,9 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
         try {
           return findLarge(v, 0) ? encodeGathered(enc, v, pool) : enc.encode(v);
         } catch (cause) {
-          throw new CodecError(`Cannot encode value: ${(cause as Error).message}`, { cause });
+          // cbor-x recurses: a cycle or a very deep value overflows the stack. Say which.
+          const why = cause instanceof RangeError && /call stack/i.test(cause.message) ? tooDeep(v) : (cause as Error).message;
+          throw new CodecError(`Cannot encode value: ${why}`, { cause });
         }
       };
       let bytes = encodeOnce(value);
@@ -630,6 +632,34 @@ function typedArrayContent(tag: number): void {
   if (n % size !== 0) fail(`tag ${tag} (a typed array) holds ${n} bytes, not whole ${size}-byte elements`);
   if (pos + n > src.length) fail("data ends early");
   pos += n;
+}
+
+/**
+ * Why encoding `v` overflowed the stack: the path of a cycle in it (`.a.parent`), else that it
+ * nests too deep. Looks through arrays, plain objects, Maps and Sets, at most 100000 values.
+ */
+function tooDeep(v: unknown): string {
+  const onPath = new Set<unknown>();
+  let budget = 100_000;
+  // Deeper than this is reported as too deep (and the walk must not overflow the stack itself).
+  const walk = (x: unknown, path: string, depth = 0): string | undefined => {
+    if (typeof x !== "object" || x === null || ArrayBuffer.isView(x) || --budget < 0 || depth > 1000) return undefined;
+    if (onPath.has(x)) return path || "the value itself";
+    onPath.add(x);
+    let found: string | undefined;
+    if (Array.isArray(x) || x instanceof Set) {
+      let i = 0;
+      for (const y of x) if ((found = walk(y, `${path}[${i++}]`, depth + 1))) break;
+    } else if (x instanceof Map) {
+      for (const [k, y] of x) if ((found = walk(y, `${path}.get(${typeof k === "string" ? JSON.stringify(k) : "…"})`, depth + 1))) break;
+    } else for (const k of Object.keys(x)) if ((found = walk((x as Record<string, unknown>)[k], `${path}.${k}`, depth + 1))) break;
+    onPath.delete(x);
+    return found;
+  };
+  const cycle = walk(v, "");
+  return cycle !== undefined
+    ? `it refers to itself (a cycle: ${cycle} is the object it is inside)`
+    : `it nests too deep (more than ${MAX_CBOR_DEPTH} levels are refused anyway)`;
 }
 
 /** The codec used for event arguments. */

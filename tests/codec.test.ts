@@ -146,6 +146,24 @@ C("a Promise (a missing await), weak collections, a SharedArrayBuffer and a Blob
   assert.equal([...(rt(shared) as Uint8Array)], [7, 7, 7, 7]);
 });
 
+C("a value that refers to itself is refused naming the path of the cycle; a very deep one as too deep", () => {
+  const a: Record<string, unknown> = { name: "x", child: { list: [1, 2] } };
+  ((a.child as { list: unknown[] }).list).push(a);
+  const m = new Map<string, Record<string, unknown>>([["k", {}]]);
+  m.get("k")!.back = m;
+  let deep: unknown[] = [];
+  const top = deep;
+  for (let i = 0; i < 100_000; i++) deep = (deep[0] = []) as unknown[];
+  const cases: Array<[unknown, RegExp]> = [
+    [a, /it refers to itself \(a cycle: \.child\.list\[2\] is the object it is inside\)/],
+    [[m], /a cycle: \[0\]\.get\("k"\)\.back is/],
+    [top, /it nests too deep/],
+  ];
+  for (const [v, re] of cases) {
+    assert.throws(() => cborCodec.encode(v), (e: unknown) => e instanceof CodecError && re.test((e as Error).message), re.source);
+  }
+});
+
 C("a 1M-element Float32Array round-trips intact", () => {
   const a = new Float32Array(1_000_000);
   for (let i = 0; i < a.length; i++) a[i] = i * 0.5;
