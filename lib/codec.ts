@@ -118,19 +118,19 @@ export function createCborCodec(options: CborCodecOptions = {}): Codec {
   (enc as unknown as { useBuffer(b: Uint8Array): void }).useBuffer(Buffer.allocUnsafeSlow(ENCODE_BUFFER));
   const pool = new BufferPool();
   const typed = new TypedListWriter(options.tagUint8Array ?? true);
+  const encodeOnce = (v: unknown): Uint8Array => {
+    try {
+      return findLarge(v, 0) ? encodeGathered(enc, v, pool) : enc.encode(v);
+    } catch (cause) {
+      // cbor-x recurses: a cycle or a very deep value overflows the stack. Say which.
+      const why = cause instanceof RangeError && /call stack/i.test(cause.message) ? tooDeep(v) : (cause as Error).message;
+      throw new CodecError(`Cannot encode value: ${why}`, { cause });
+    }
+  };
   return {
     encode(value: unknown): Uint8Array {
       const quick = typed.encode(value);
       if (quick !== undefined) return quick;
-      const encodeOnce = (v: unknown): Uint8Array => {
-        try {
-          return findLarge(v, 0) ? encodeGathered(enc, v, pool) : enc.encode(v);
-        } catch (cause) {
-          // cbor-x recurses: a cycle or a very deep value overflows the stack. Say which.
-          const why = cause instanceof RangeError && /call stack/i.test(cause.message) ? tooDeep(v) : (cause as Error).message;
-          throw new CodecError(`Cannot encode value: ${why}`, { cause });
-        }
-      };
       let bytes = encodeOnce(value);
       // What a receiver would refuse is refused here, where the caller can see it.
       let bad = checkCbor(bytes, true);
