@@ -58,16 +58,18 @@ export class EventBus {
 
   /**
    * Remove the latest registration of `fn` (or of a stand-in for it, see {@link EventBus.standIn}) for
-   * `event`, or every listener of `event` when `fn` is omitted.
+   * `event`, or every listener of `event` when `fn` is omitted, except those `keep` accepts.
    *
    * @returns Whether anything was removed.
    */
-  off(event: string, fn?: Listener): boolean {
+  off(event: string, fn?: Listener, keep?: (l: Listener) => boolean): boolean {
     const list = this.#listeners.get(event);
     if (!list) return false;
     if (fn === undefined) {
-      this.#listeners.delete(event);
-      return true;
+      const kept = keep ? list.filter(keep) : [];
+      if (kept.length === 0) this.#listeners.delete(event);
+      else this.#listeners.set(event, kept);
+      return kept.length < list.length;
     }
     // The latest registration of `fn` itself or of a stand-in for it (a once() wrapper).
     let i = list.length - 1;
@@ -91,19 +93,6 @@ export class EventBus {
    */
   standIn(wrapper: Listener, fn: Listener): void {
     this.#standsFor.set(wrapper, fn);
-  }
-
-  /**
-   * The listeners of `event`, in the order they run (a copy).
-   *
-   * @example
-   * ```ts
-   * const bus = new EventBus((err) => console.error(err)); const f = () => {}; bus.on("x", f);
-   * bus.listeners("x"); // [f]
-   * ```
-   */
-  listeners(event: string): Listener[] {
-    return [...(this.#listeners.get(event) ?? [])];
   }
 
   /** Whether `event` has at least one listener. */

@@ -216,9 +216,8 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
   #backward: AnyGen[] = [];
   #lock = new Lock();
   #errors: unknown[] = [];
-  #waiters = new Set<(err: unknown) => void>();
-  /** The listeners that pending `waitFor` calls registered (`off(event)` leaves them). */
-  #waitListeners = new Set<Listener>();
+  /** Pending `waitFor` calls: the listener each registered, and how to reject it. */
+  #waits = new Map<Listener, (err: unknown) => void>();
   // The lock of each generator waiting for its backward half: the lock is held again for it.
   #genLocks = new WeakMap<AnyGen, Lock>();
 
@@ -298,8 +297,8 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     }
     this.#running = false;
     const err = new TaskStateError("The task stopped while waiting for an event");
-    for (const reject of [...this.#waiters]) reject(err);
-    this.#waiters.clear();
+    for (const reject of [...this.#waits.values()]) reject(err);
+    this.#waits.clear();
     for (const event of this.#bus.events()) this.router.taskInterest(event, false);
     this.router.taskInterest("finish", false);
     this.#bus.clear();
@@ -415,9 +414,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     if (fn === undefined) {
       // Pending waitFor calls are not listeners the caller added: they keep waiting. (DI-engine
       // drops them too, and a wait_for without a timeout then never returns.)
-      const waiting = this.#bus.listeners(event).filter((l) => this.#waitListeners.has(l));
-      this.#bus.off(event);
-      for (const l of waiting) this.#bus.on(event, l);
+      this.#bus.off(event, undefined, (l) => this.#waits.has(l));
     } else this.#bus.off(event, fn as unknown as Listener);
     if (!this.#bus.has(event) && event !== "finish") this.router.taskInterest(event, false);
   }
@@ -447,8 +444,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
     return new Promise<E[K]>((resolve, reject) => {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const done = () => {
-        this.#waiters.delete(fail);
-        this.#waitListeners.delete(listener as unknown as Listener);
+        this.#waits.delete(listener as unknown as Listener);
         this.off(event, listener);
         if (timer !== undefined) clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
@@ -462,8 +458,7 @@ export class Task<E extends EventMap = AnyEvents, C extends Context = Context> {
         reject(err);
       };
       const onAbort = () => fail(signal!.reason);
-      this.#waiters.add(fail);
-      this.#waitListeners.add(listener as unknown as Listener);
+      this.#waits.set(listener as unknown as Listener, fail);
       this.on(event, listener);
       if (Number.isFinite(timeout)) {
         // A timer longer than MAX_TIMER_MS would fire after 1 ms: wait in steps.
