@@ -155,14 +155,14 @@ export function toPlainError(err: unknown, nodeId?: number): PlainError {
     if (err.stack !== undefined) out.stack = err.stack;
     // The cause, as Node prints it, so that it survives the trip to the launcher.
     if (err.cause !== undefined) {
-      const cause = err.cause instanceof Error ? (err.cause.stack ?? `${err.cause.name}: ${err.cause.message}`) : shown(err.cause);
+      const cause = err.cause instanceof Error ? (err.cause.stack ?? `${err.cause.name}: ${err.cause.message}`) : showValue(err.cause);
       out.stack = `${out.stack ?? `${err.name}: ${err.message}`}\n[cause]: ${cause}`;
     }
     if (nodeId !== undefined) out.nodeId = nodeId;
     return out;
   }
   // A thrown object that is no Error (`throw { code: 5 }`): its JSON, not "[object Object]".
-  const out: PlainError = { name: "Error", message: typeof err === "object" && err !== null ? shown(err) : String(err) };
+  const out: PlainError = { name: "Error", message: typeof err === "object" && err !== null ? showValue(err) : String(err) };
   if (nodeId !== undefined) out.nodeId = nodeId;
   return out;
 }
@@ -192,10 +192,20 @@ export function fromPlainError(plain: PlainError): RemoteError {
  * ```
  */
 export function notAString(verb: string, value: unknown, what: string): TypeError {
-  return new TypeError(`Cannot ${verb} ${shown(value)}: ${what} must be a string`);
+  return new TypeError(`Cannot ${verb} ${showValue(value)}: ${what} must be a string`);
 }
 
-function shown(value: unknown): string {
+/**
+ * `value` as an error message shows it: JSON where JSON can say it, else `String(value)` (a
+ * bigint, a symbol, a value with a cycle).
+ *
+ * @example
+ * ```ts
+ * showValue("x"); // '"x"'
+ * showValue(10n); // "10"
+ * ```
+ */
+export function showValue(value: unknown): string {
   if (typeof value === "symbol") return value.toString();
   try {
     return JSON.stringify(value) ?? String(value);
@@ -218,12 +228,12 @@ function shown(value: unknown): string {
  */
 export function stringList(value: unknown, name: string): string[] {
   if (typeof value === "string") {
-    throw new TypeError(`Invalid ${name} ${shown(value)}: expected a list of strings, such as [${shown(value)}]`);
+    throw new TypeError(`Invalid ${name} ${showValue(value)}: expected a list of strings, such as [${showValue(value)}]`);
   }
   if (typeof value !== "object" || value === null || typeof (value as Iterable<unknown>)[Symbol.iterator] !== "function") {
-    throw new TypeError(`Invalid ${name} ${shown(value)}: expected a list of strings`);
+    throw new TypeError(`Invalid ${name} ${showValue(value)}: expected a list of strings`);
   }
   const list = [...(value as Iterable<unknown>)];
-  for (const x of list) if (typeof x !== "string") throw new TypeError(`Invalid ${name}: ${shown(x)} is not a string`);
+  for (const x of list) if (typeof x !== "string") throw new TypeError(`Invalid ${name}: ${showValue(x)} is not a string`);
   return list as string[];
 }

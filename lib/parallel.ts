@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { task } from "./task.ts";
 import { cborCodec } from "./codec.ts";
-import { DitaskError, fromPlainError, type PlainError, stringList, toPlainError, WorkerExitError } from "./errors.ts";
+import { DitaskError, fromPlainError, type PlainError, showValue, stringList, toPlainError, WorkerExitError } from "./errors.ts";
 import { log } from "./log.ts";
 import {
   entryScript,
@@ -20,7 +20,7 @@ import {
 import { createTransport } from "./transport/mod.ts";
 import { MAX_LOCAL_WORKERS, padParam } from "./platform/spec.ts";
 import type { TlsOptions } from "./transport/ws/mod.ts";
-import { checkNodeLimits } from "./transport/limits.ts";
+import { checkNodeLimits, peerLists } from "./transport/limits.ts";
 import { IPC_PATH_MAX, parseAddress } from "./transport/ws/protocol.ts";
 
 export { padParam };
@@ -176,15 +176,17 @@ function badPlan(problem: string): DitaskError {
 function planProblem(v: unknown): string | undefined {
   if (typeof v !== "object" || v === null || Array.isArray(v)) return "not a JSON object";
   const p = v as Record<string, unknown>;
-  const isId = (x: unknown) => typeof x === "number" && Number.isInteger(x) && x >= 0;
-  const list = (x: unknown, item: (y: unknown) => boolean) => Array.isArray(x) && x.every(item);
-  if (!isId(p.nodeId)) return "nodeId is not an integer >= 0";
-  if (!isId(p.localId)) return "localId is not an integer >= 0";
-  if (!["ws", "nng", "redis"].includes(p.mqType as string)) return "mqType is not ws, nng or redis";
-  if (typeof p.listen !== "string") return "listen is not a string";
-  if (!list(p.dial, (x) => typeof x === "string")) return "dial is not a list of addresses";
-  if (!list(p.expect, isId)) return "expect is not a list of node ids";
-  if (!list(p.labels, (x) => typeof x === "string")) return "labels is not a list of strings";
+  try {
+    // The checks the options and the transports make of the same values.
+    checkInt("nodeId", p.nodeId, 0);
+    checkInt("localId", p.localId, 0);
+    if (!["ws", "nng", "redis"].includes(p.mqType as string)) return `mqType ${JSON.stringify(p.mqType)} is not ws, nng or redis`;
+    if (typeof p.listen !== "string") return `listen ${JSON.stringify(p.listen)} is not an address`;
+    stringList(p.dial, "dial");
+    peerLists(p);
+  } catch (err) {
+    return (err as Error).message;
+  }
   return undefined;
 }
 /** The environment variable that tells a worker its node id (for user code). */
@@ -194,7 +196,7 @@ export const DEFAULT_PORT_BASE = 50515;
 
 function checkInt(name: string, v: unknown, min: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
-    throw new RangeError(`Invalid ${name} ${JSON.stringify(v)}: expected an integer >= ${min}`);
+    throw new RangeError(`Invalid ${name} ${showValue(v)}: expected an integer >= ${min}`);
   }
   return v;
 }

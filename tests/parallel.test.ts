@@ -291,9 +291,10 @@ P("a DITASK_WORKER that is no worker plan (left in a shell, or a plan file gone)
   const cases: Array<[string, RegExp]> = [
     ["null", /not a JSON object/],
     ["[]", /not a JSON object/],
-    ["{}", /nodeId is not an integer >= 0/],
-    ['{"nodeId":0,"localId":0}', /mqType is not ws, nng or redis/],
-    ['{"nodeId":0,"localId":0,"mqType":"ws","listen":"tcp://127.0.0.1:0","dial":"x","expect":[],"labels":[]}', /dial is not a list/],
+    ["{}", /Invalid nodeId undefined: expected an integer >= 0/],
+    ['{"nodeId":0,"localId":0}', /mqType undefined is not ws, nng or redis/],
+    ['{"nodeId":0,"localId":0,"mqType":"ws","listen":"tcp://127.0.0.1:0","dial":"x","expect":[],"labels":[]}', /Invalid dial "x": expected a list of strings/],
+    ['{"nodeId":0,"localId":0,"mqType":"ws","listen":"tcp://127.0.0.1:0","dial":[],"expect":["1"],"labels":[]}', /Invalid expect \["1"\]/],
     ["{nope", /not JSON/],
     [`@${gone}`, new RegExp(`Cannot read the worker plan ${gone}`)],
   ];

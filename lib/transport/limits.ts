@@ -1,7 +1,7 @@
 // The limits and timings every transport takes, checked in one place (the transports and
 // Parallel.runner, which checks them before it starts any worker).
 import { MAX_TIMER_MS } from "../runtime.ts";
-import { stringList } from "../errors.ts";
+import { showValue, stringList } from "../errors.ts";
 
 /** A node's limits and timings; the ws mesh names its timeout `heartbeatTimeout`, Redis `peerTimeout`. */
 export interface NodeLimits {
@@ -16,7 +16,6 @@ export interface NodeLimits {
 
 const NAMES = ["maxPayload", "connectTimeout", "heartbeatInterval", "heartbeatTimeout", "peerTimeout", "maxOutboxBytes", "maxQueuedBytes"] as const;
 const TIMINGS = new Set<string>(["connectTimeout", "heartbeatInterval", "heartbeatTimeout", "peerTimeout"]);
-
 
 /**
  * Check the limits and timings that are given: each a number > 0 (timings at most
@@ -34,7 +33,7 @@ export function checkNodeLimits(o: NodeLimits): void {
   for (const name of NAMES) {
     const v = o[name];
     if (v !== undefined && (typeof v !== "number" || !(v > 0))) {
-      throw new TypeError(`Invalid ${name} ${JSON.stringify(v) ?? String(v)}: expected a number > 0`);
+      throw new TypeError(`Invalid ${name} ${showValue(v)}: expected a number > 0`);
     }
     if (v !== undefined && TIMINGS.has(name) && v > MAX_TIMER_MS) {
       throw new TypeError(`Invalid ${name} ${v}: expected at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest timer there is`);
@@ -63,7 +62,7 @@ export function peerLists(o: { labels?: unknown; expect?: unknown }): { labels: 
   const labels = o.labels === undefined ? [] : stringList(o.labels, "labels");
   const expect = o.expect ?? [];
   if (!Array.isArray(expect) || !expect.every((id) => Number.isInteger(id) && id >= 0)) {
-    throw new TypeError(`Invalid expect ${JSON.stringify(expect) ?? String(expect)}: expected a list of node ids (integers >= 0)`);
+    throw new TypeError(`Invalid expect ${showValue(expect)}: expected a list of node ids (integers >= 0)`);
   }
   return { labels, expect };
 }
