@@ -10,7 +10,7 @@
 //                       taking turns within each repetition of each test)
 //   --only a,b          run only these tests: s64 s1k s64k s4m rtt mesh4 launch slow
 //   --repeat <n>        run each stream, round-trip and 4-node test n times in fresh processes and
-//                       report the medians (default 3; 1 with --quick)
+//                       report the medians (default 5; 1 with --quick)
 //   --wait-quiet <s>    before each test, wait up to <s> seconds until other processes use < 15% CPU
 //   --cpu-prof <dir>    the child processes (Node and Deno) write V8 CPU profiles into <dir>
 //   --verbose           pass the child processes' own output through
