@@ -42,7 +42,7 @@ const current: RuntimeName = (globalThis as { Deno?: unknown }).Deno ? "deno" : 
 /** Every process id a child told us about (its own, Parallel workers): killed at the end if alive. */
 const knownPids = new Set<number>();
 const live = new Set<Child>();
-/** Where Node children write CPU profiles (--cpu-prof), if anywhere. */
+/** Where the children write CPU profiles (--cpu-prof), with processes.txt naming each PID, if anywhere. */
 let profDir: string | undefined;
 
 /** Whether `pid` is alive and (where /proc tells) still one of ours: a process running bench. */
@@ -107,7 +107,7 @@ class Child {
       env: { ...process.env, DITASK_LOG: process.env.DITASK_LOG ?? "error" },
     });
     if (this.proc.pid !== undefined) knownPids.add(this.proc.pid);
-    if (profDir && rt.name === "node") appendFileSync(join(profDir, "processes.txt"), `${this.proc.pid} ${this.name} ${JSON.stringify(spec)}\n`);
+    if (profDir) appendFileSync(join(profDir, "processes.txt"), `${this.proc.pid} ${this.name} ${JSON.stringify(spec)}\n`);
     live.add(this);
     this.proc.stdin!.on("error", () => {});
     const keep = (line: string) => {
@@ -837,7 +837,6 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (opts.cpuProf) {
-    if (current !== "node" && !opts.both) process.stderr.write("bench: --cpu-prof applies to Node children only\n");
     profDir = resolve(opts.cpuProf);
     mkdirSync(profDir, { recursive: true });
   }
