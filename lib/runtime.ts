@@ -32,6 +32,11 @@ export async function loadWs(): Promise<typeof import("ws")> {
   return nodeRequire ? (nodeRequire("ws") as typeof import("ws")) : await import("ws");
 }
 
+/** The WebSocket implementation the mesh runs on (see transport/ws/socket.ts). */
+export async function loadSocketKit(): Promise<import("./transport/ws/socket.ts").SocketKit> {
+  return (await import("./transport/ws/node_ws.ts")).nodeKit;
+}
+
 /**
  * Load cbor-x (on Node through `require`, see {@link loadWs}). cbor-x's native string extractor
  * (cbor-extract) is built for Node's V8: Deno loads it and then crashes the process on the first

@@ -1,11 +1,7 @@
 import { Buffer } from "node:buffer";
-import http from "node:http";
-import https from "node:https";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import { connect as netConnect } from "node:net";
-import type { Duplex } from "node:stream";
-import type { RawData } from "ws";
 import { nanoid } from "nanoid";
 import type { Transport } from "../types.ts";
 import { TransportListeners } from "../_listeners.ts";
@@ -40,23 +36,14 @@ import {
   parseAddress,
   parseFrame,
   PROTOCOL_VERSION,
-  wsMessage,
 } from "./protocol.ts";
-import { loadWs } from "../../runtime.ts";
+import { CLOSED, type MeshServer, type MeshSocket, type TlsOptions } from "./socket.ts";
+import { loadSocketKit } from "../../runtime.ts";
 
-const { WebSocket, WebSocketServer } = await loadWs();
-type WebSocket = InstanceType<typeof WebSocket>;
-type WebSocketServer = InstanceType<typeof WebSocketServer>;
+export type { TlsOptions } from "./socket.ts";
 
-/** TLS material for `wss` (PEM text). */
-export interface TlsOptions {
-  /** The certificate chain this node serves with. */
-  cert: string;
-  /** The private key of `cert`. */
-  key: string;
-  /** CA certificates that peers' certificates must chain to (default: the system's). */
-  ca?: string;
-}
+/** The WebSocket implementation of this runtime (see socket.ts). */
+const kit = await loadSocketKit();
 
 /** Options of {@link WsMeshTransport}. */
 export interface WsMeshOptions {
@@ -97,9 +84,7 @@ export interface WsMeshOptions {
 }
 
 interface Link {
-  ws: WebSocket;
-  /** The connection under `ws`: single-buffer event frames are written to it directly (see sendFrame). */
-  socket: Duplex | undefined;
+  ws: MeshSocket;
   dialed: boolean;
   /** Set by the peer's HELLO. */
   hello: HelloFrame | undefined;
@@ -162,25 +147,12 @@ const HANDSHAKE_TIMEOUT = 10_000;
 const ENTRY_OVERHEAD = 256;
 const MAX_PENDING_LINKS = 256;
 
-/**
- * Send an events frame: one message, or a head and a payload as two fragments of one message.
- * A one-buffer frame (from encodeEvents, with room for the WebSocket header before it) goes to the
- * socket as one complete WebSocket message in one write; ws would write its header and the data as
- * two buffers (a writev), which costs about 1 µs more per message. ws writes whole frames
- * synchronously (no compression, no Blob data here), so its own frames (pings, close) never split
- * ours. Once ws is no longer open (or where its socket was not seen), ws.send decides, as before.
- */
+/** Send an events frame: one message, or a head and a payload as two fragments of one message. */
 function sendFrame(link: Link, frame: Uint8Array | [Uint8Array, Uint8Array]): void {
-  const ws = link.ws;
   if (Array.isArray(frame)) {
-    ws.send(frame[0], { binary: true, fin: false });
-    ws.send(frame[1], { binary: true, fin: true });
-  } else if (ws.readyState === WebSocket.OPEN && link.socket) link.socket.write(wsMessage(frame, link.dialed));
-  else ws.send(frame);
-}
-
-function zeroMask(mask: Uint8Array): void {
-  mask.fill(0);
+    link.ws.send(frame[0], false);
+    link.ws.send(frame[1], true);
+  } else link.ws.sendFrame(frame);
 }
 
 function randomId(bytes: number): string {
@@ -224,8 +196,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #hbInterval: number;
   #hbTimeout: number;
   #maxOutbox: number;
-  #server: http.Server | https.Server | undefined;
-  #wss: WebSocketServer | undefined;
+  #server: MeshServer | undefined;
+  #bound: Promise<void> | undefined;
   #address: string | undefined;
   #peers = new Map<number, PeerState>();
   #seen = new Set<number>();
@@ -306,54 +278,41 @@ export class WsMeshTransport extends TransportListeners implements Transport {
    * Bind the server only (so that `address` is known before dialing starts).
    * @throws {TransportError} If the address cannot be bound.
    */
-  async bind(): Promise<void> {
-    if (this.#server || !this.#listen) return;
+  bind(): Promise<void> {
+    this.#bound ??= this.#bind();
+    return this.#bound;
+  }
+
+  async #bind(): Promise<void> {
+    if (!this.#listen) return;
     const listen = this.#listen;
     if (listen.kind === "ipc") await removeStaleSocket(listen.path);
-    const onRequest = (_req: http.IncomingMessage, res: http.ServerResponse) => {
-      res.writeHead(426, { "content-type": "text/plain" }).end("ditask mesh: WebSocket upgrade required\n");
-    };
-    const server = this.#tls
-      ? https.createServer({ cert: this.#tls.cert, key: this.#tls.key }, onRequest)
-      : http.createServer(onRequest);
-    const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: this.#maxPayload });
-    wss.on("error", (err) => this.#fail(err));
-    server.on("upgrade", (req, socket: Duplex, head) => {
-      socket.on("error", (err) => log.debug(`node ${this.nodeId}: upgrade socket error:`, err.message));
-      const pending = [...this.#links].filter((l) => !l.peer).length;
-      if (this.#closed || pending >= MAX_PENDING_LINKS) {
-        if (!this.#closed) log.warn(`node ${this.nodeId}: refused a connection: ${pending} handshakes pending`);
-        socket.destroy();
-        return;
-      }
-      wss.handleUpgrade(req, socket, head, (ws) => this.#adopt(ws, socket, false));
-    });
-    server.on("clientError", (_err, socket) => socket.destroy());
-    server.on("tlsClientError", (err) => log.info(`node ${this.nodeId}: TLS handshake failed:`, err.message));
-    this.#server = server;
-    this.#wss = wss;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => {
-        reject(
-          new TransportError(
-            `Cannot listen on ${formatAddress(listen)}: ${err.code === "EADDRINUSE" ? "address in use" : err.message}`,
-            { cause: err },
-          ),
-        );
-      };
-      server.once("error", onError);
-      const ready = () => {
-        server.off("error", onError);
-        server.on("error", (err) => this.#fail(err));
-        const a = server.address();
-        this.#address = listen.kind === "ipc"
-          ? formatAddress(listen)
-          : formatAddress({ ...listen, tls: this.#tls !== undefined, port: typeof a === "object" && a ? a.port : listen.port });
-        resolve();
-      };
-      if (listen.kind === "ipc") server.listen(listen.path, ready);
-      else server.listen(listen.port, listen.host, ready);
-    });
+    try {
+      this.#server = await kit.listen(listen, {
+        maxPayload: this.#maxPayload,
+        ...(this.#tls ? { tls: this.#tls } : {}),
+        timeout: HANDSHAKE_TIMEOUT,
+        admit: () => {
+          const pending = [...this.#links].filter((l) => !l.peer).length;
+          if (this.#closed || pending >= MAX_PENDING_LINKS) {
+            if (!this.#closed) log.warn(`node ${this.nodeId}: refused a connection: ${pending} handshakes pending`);
+            return false;
+          }
+          return true;
+        },
+        accept: (ws) => void this.#adopt(ws, false),
+        fail: (err) => this.#fail(err),
+        note: (level, message) => log[level](`node ${this.nodeId}: ${message}`),
+      });
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new TransportError(
+        `Cannot listen on ${formatAddress(listen)}: ${e.code === "EADDRINUSE" ? "address in use" : e.message}`,
+        { cause: err },
+      );
+    }
+    const port = this.#server.port;
+    this.#address = listen.kind === "ipc" ? formatAddress(listen) : formatAddress({ ...listen, tls: this.#tls !== undefined, port });
   }
 
   async #open(): Promise<void> {
@@ -450,43 +409,32 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       }
       attempt = 0;
       report();
-      const code = await new Promise<number>((resolve) => link.ws.once("close", (c: number) => resolve(c)));
+      const code = await new Promise<number>((resolve) => link.ws.once("close", (c) => resolve(c)));
       if (code === CLOSE_NORMAL || code === 1001 || code === CLOSE_DUPLICATE_NODE) return;
       log.info(`node ${this.nodeId}: link to ${formatAddress(addr)} dropped (${code}); redialing`);
     }
   }
 
-  #dialOnce(addr: Address): Promise<Link> {
-    return new Promise((resolve, reject) => {
-      const options: ConstructorParameters<typeof WebSocket>[2] = {
-        perMessageDeflate: false,
+  async #dialOnce(addr: Address): Promise<Link> {
+    let ws: MeshSocket;
+    try {
+      ws = await kit.dial(addr, {
         maxPayload: this.#maxPayload,
-        handshakeTimeout: HANDSHAKE_TIMEOUT,
-        // Masking guards browsers' proxies against forged requests; between mesh nodes it only
-        // costs a JavaScript XOR over every byte sent (8x slower for large frames). An all-zero
-        // mask makes ws skip it.
-        generateMask: zeroMask,
-      };
-      if (addr.kind === "tcp" && addr.tls && this.#tls?.ca !== undefined) options.ca = this.#tls.ca;
-      const ws = new WebSocket(dialUrl(addr), options);
-      let opened = false;
-      let socket: Duplex | undefined;
-      ws.once("upgrade", (res) => (socket = res.socket));
-      ws.once("open", () => {
-        opened = true;
-        const link = this.#adopt(ws, socket, true);
-        link.onReady = (err) => (err ? reject(err) : resolve(link));
+        timeout: HANDSHAKE_TIMEOUT,
+        ...(addr.kind === "tcp" && addr.tls && this.#tls?.ca !== undefined ? { ca: this.#tls.ca } : {}),
       });
-      ws.on("error", (err) => {
-        if (!opened) reject(new TransportError(`Cannot connect to ${formatAddress(addr)}: ${err.message}`, { cause: err }));
-      });
+    } catch (err) {
+      throw new TransportError(`Cannot connect to ${formatAddress(addr)}: ${(err as Error).message}`, { cause: err });
+    }
+    return new Promise((resolve, reject) => {
+      const link = this.#adopt(ws, true);
+      link.onReady = (err) => (err ? reject(err) : resolve(link));
     });
   }
 
-  #adopt(ws: WebSocket, socket: Duplex | undefined, dialed: boolean): Link {
+  #adopt(ws: MeshSocket, dialed: boolean): Link {
     const link: Link = {
       ws,
-      socket,
       dialed,
       hello: undefined,
       nonce: randomId(16),
@@ -500,13 +448,10 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       onReady: undefined,
     };
     this.#links.add(link);
-    // Fragments as they came: a large event's payload fragment is used without joining it to
-    // its head (see parseFrame).
-    ws.binaryType = "fragments";
     ws.on("error", (err) => log.debug(`node ${this.nodeId}: socket error:`, err.message));
     ws.on("message", (data, isBinary) => this.#socketOnMessage(link, data, isBinary));
     ws.on("pong", () => (link.lastSeen = Date.now()));
-    ws.on("close", (code, reason) => this.#socketOnClose(link, code, reason.toString()));
+    ws.on("close", (code, reason) => this.#socketOnClose(link, code, reason));
     // One timer per link: the handshake deadline first, then the heartbeat.
     const started = Date.now();
     link.timer = setInterval(() => {
@@ -531,10 +476,11 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     }, Math.min(this.#hbInterval, 1000));
     if (this.#closed) ws.close(CLOSE_NORMAL, "shutdown");
     else ws.send(encodeHello(this.nodeId, this.labels, this.session, link.nonce));
+    ws.start();
     return link;
   }
 
-  #socketOnMessage(link: Link, data: RawData, isBinary: boolean): void {
+  #socketOnMessage(link: Link, data: Uint8Array[], isBinary: boolean): void {
     if (link.closing) return; // refused: what it pipelined behind is not read
     link.lastSeen = Date.now();
     // What the listeners publish while the frame's events are delivered (a reply, an echo) is
@@ -555,9 +501,9 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     }
   }
 
-  #onFrame(link: Link, data: RawData, isBinary: boolean): void {
+  #onFrame(link: Link, data: Uint8Array[], isBinary: boolean): void {
     if (!isBinary) return this.#bad(link, "text frames are not accepted");
-    const frame = parseFrame(data as Buffer | Buffer[]);
+    const frame = parseFrame(data);
     if (typeof frame === "string") return this.#bad(link, frame);
     switch (frame.kind) {
       case FRAME_HELLO:
@@ -981,7 +927,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       (link) =>
         new Promise<void>((resolve) => {
           clearInterval(link.timer);
-          if (link.ws.readyState === WebSocket.CLOSED) return resolve();
+          if (link.ws.readyState === CLOSED) return resolve();
           const timer = setTimeout(() => link.ws.terminate(), 3000);
           link.ws.once("close", () => {
             clearTimeout(timer);
@@ -994,14 +940,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     );
     await Promise.all(closing);
     for (const p of [...this.#peers.values()]) this.#forget(p, "this node closed");
-    this.#wss?.close();
-    const server = this.#server;
-    if (server) {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections?.();
-      });
-    }
+    await this.#server?.close();
   }
 }
 
