@@ -9,6 +9,7 @@ import "./protocol.test.ts";
 import "./router.test.ts";
 import "./platform.test.ts";
 import "./transport/memory.test.ts";
+import "./transport/ws_socket.test.ts";
 import "./transport/ws_mesh.test.ts";
 import "./transport/redis.test.ts";
 import "./transport/ws_reliability.test.ts";
