@@ -32,9 +32,13 @@ export async function loadWs(): Promise<typeof import("ws")> {
   return nodeRequire ? (nodeRequire("ws") as typeof import("ws")) : await import("ws");
 }
 
-/** The WebSocket implementation the mesh runs on (see transport/ws/socket.ts). */
+/**
+ * The WebSocket implementation the mesh runs on: npm `ws` on Node; on Deno ditask's own over
+ * Deno.Conn, which reads large payloads straight into the buffers it delivers (see
+ * transport/ws/socket.ts).
+ */
 export async function loadSocketKit(): Promise<import("./transport/ws/socket.ts").SocketKit> {
-  return (await import("./transport/ws/node_ws.ts")).nodeKit;
+  return deno ? (await import("./transport/ws/deno_ws.ts")).denoKit : (await import("./transport/ws/node_ws.ts")).nodeKit;
 }
 
 /**
