@@ -257,6 +257,18 @@ W("the closing handshake: the code and reason reach the other side, and it answe
   await until(() => b.closes.length === 1, "the server's close event");
   assert.is(b.closes[0]!.code, 4002);
 
+  // An empty close frame (no status, 1005) is answered with an empty one.
+  const d = await connected();
+  d.client.send(frame(0x88, new Uint8Array(0)));
+  assert.equal(await d.client.closeFrame(), { code: 1005, reason: "" });
+  await until(() => d.closes.length === 1, "the server's close event");
+  assert.is(d.closes[0]!.code, 1005);
+
+  // A reason longer than a close frame holds is cut at a character boundary (valid UTF-8).
+  const e = await connected();
+  e.sockets[0]!.close(4000, "é".repeat(100));
+  assert.equal(await e.client.closeFrame(), { code: 4000, reason: "é".repeat(61) });
+
   // A connection that just drops: 1006.
   const c = await connected();
   c.client.sock.destroy();

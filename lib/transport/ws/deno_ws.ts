@@ -19,7 +19,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { type Address, wsMessage } from "./protocol.ts";
-import { CLOSED, CLOSING, type DialOptions, type ListenOptions, type MeshServer, type MeshSocket, OPEN, type SocketKit } from "./socket.ts";
+import { CLOSED, CLOSING, closeReason, type DialOptions, type ListenOptions, type MeshServer, type MeshSocket, OPEN, type SocketKit } from "./socket.ts";
 
 // --- the parts of the Deno namespace used here ---------------------------------------------------
 
@@ -233,7 +233,6 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   /** Bytes read with the handshake's head that belong to the first frames. */
   #head: Uint8Array;
   #started = false;
-  #reading = false;
   // Writing
   #out: Uint8Array[] = [];
   #writing = false;
@@ -309,14 +308,16 @@ class DenoSocket extends EventEmitter implements MeshSocket {
     this.#drop();
   }
 
+  /** Send a close frame: with `code` and `reason`, or empty (no status) for code 1005. */
   #sendClose(code: number, reason: string): void {
     if (this.#closeSent) return;
     this.#closeSent = true;
-    const r = Buffer.from(reason);
-    const payload = new Uint8Array(2 + Math.min(r.length, 123));
+    if (code === 1005) return this.#write(smallFrame(0x80 | OP_CLOSE, new Uint8Array(0), this.#client));
+    const r = Buffer.from(closeReason(reason));
+    const payload = new Uint8Array(2 + r.length);
     payload[0] = code >> 8;
     payload[1] = code & 255;
-    payload.set(r.subarray(0, 123), 2);
+    payload.set(r, 2);
     this.#write(smallFrame(0x80 | OP_CLOSE, payload, this.#client));
   }
 
@@ -377,14 +378,12 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   // --- receiving ---
 
   async #readLoop(): Promise<void> {
-    this.#reading = true;
     try {
       await this.#read();
     } catch (err) {
       // A reset connection, or a read cut short by terminate().
       if (!this.#finished && !this.#discard) this.#emitError(err as Error);
     } finally {
-      this.#reading = false;
       this.#drop();
     }
   }
@@ -574,10 +573,9 @@ class DenoSocket extends EventEmitter implements MeshSocket {
     this.#code = code;
     this.#reason = reason;
     if (this.#state === OPEN) {
-      // Answer with the same code, as `ws` does.
+      // Answer with the same code and reason (an empty close frame to an empty one), as `ws` does.
       this.#state = CLOSING;
-      if (code === 1005) this.#sendClose(1000, "");
-      else this.#sendClose(code, reason);
+      this.#sendClose(code, reason);
     }
     this.#end();
     this.#armCloseTimer();
@@ -610,7 +608,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
     } catch {
       // already closed
     }
-    // 'close' comes after the reader stopped: the read pending now fails once the connection is closed.
+    // 'close' comes on a later turn, as with ws (a caller of terminate() attaches its listener after).
     setTimeout(() => {
       this.#state = CLOSED;
       this.emit("close", this.#code, this.#reason);

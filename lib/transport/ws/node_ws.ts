@@ -4,7 +4,7 @@ import https from "node:https";
 import type { Duplex } from "node:stream";
 import { loadWs } from "../../runtime.ts";
 import { dialUrl, type Address, wsMessage } from "./protocol.ts";
-import { type DialOptions, type ListenOptions, type MeshServer, type MeshSocket, type MeshSocketEvents, OPEN, type SocketKit } from "./socket.ts";
+import { closeReason, type DialOptions, type ListenOptions, type MeshServer, type MeshSocket, type MeshSocketEvents, OPEN, type SocketKit } from "./socket.ts";
 
 const { WebSocket, WebSocketServer } = await loadWs();
 type WebSocket = InstanceType<typeof WebSocket>;
@@ -97,7 +97,7 @@ class NodeSocket implements MeshSocket {
   }
 
   close(code: number, reason: string): void {
-    this.#ws.close(code, reason);
+    this.#ws.close(code, closeReason(reason));
   }
 
   terminate(): void {

@@ -4,6 +4,7 @@
 //   deno_ws.ts  ditask's own RFC 6455 reader and writer over Deno.Conn (Deno), which reads each
 //               large payload straight into the buffer it is delivered in
 // Both speak plain RFC 6455 without extensions, so Node and Deno nodes share one mesh.
+import { Buffer } from "node:buffer";
 import type { Address } from "./protocol.ts";
 
 /** TLS material for `wss` (PEM text). */
@@ -20,6 +21,18 @@ export interface TlsOptions {
 export const OPEN = 1;
 export const CLOSING = 2;
 export const CLOSED = 3;
+
+/**
+ * `reason` cut to the 123 bytes of UTF-8 a close frame holds, at a character boundary (a cut
+ * character would be invalid UTF-8, which the peer answers with 1007; `ws` throws instead).
+ */
+export function closeReason(reason: string): string {
+  const bytes = Buffer.from(reason);
+  if (bytes.length <= 123) return reason;
+  let n = 123;
+  while (n > 0 && (bytes[n]! & 0xc0) === 0x80) n--;
+  return bytes.subarray(0, n).toString();
+}
 
 /** Events of a {@link MeshSocket} and their listeners. */
 export interface MeshSocketEvents {
