@@ -242,7 +242,6 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   #sendingFragments = false;
   // The closing handshake
   #closeSent = false;
-  #closeReceived = false;
   /** Stop parsing: a protocol error, or the close frame arrived; what follows is read and dropped. */
   #discard = false;
   #code = 1006;
@@ -407,8 +406,8 @@ class DenoSocket extends EventEmitter implements MeshSocket {
         continue;
       }
       try {
-        // Handle every complete frame in buf[start, end).
-        while (!this.#discard && end - start >= 2) {
+        // Handle every complete frame in buf[start, end) (none once terminate() was called).
+        while (!this.#discard && !this.#finished && end - start >= 2) {
           const b0 = buf[start]!;
           const b1 = buf[start + 1]!;
           let len = b1 & 0x7f;
@@ -568,7 +567,6 @@ class DenoSocket extends EventEmitter implements MeshSocket {
         throw new WsProtocolError(1007, "Invalid WebSocket frame: invalid UTF-8 sequence");
       }
     }
-    this.#closeReceived = true;
     this.#discard = true;
     this.#code = code;
     this.#reason = reason;

@@ -17,7 +17,6 @@ import {
   CLOSE_POLICY,
   CLOSE_SLOW,
   CLOSE_VERSION,
-  dialUrl,
   encodeAck,
   encodeAuth,
   encodeEvents,
