@@ -176,6 +176,62 @@ F("one-buffer events frames go to the socket directly, not through ws.send, on e
   }
 });
 
+F("a long event name counts against maxPayload too: refused at publish with a short message; the link stays", async () => {
+  const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 300_000, connectTimeout: 10_000 });
+  await a.bind();
+  const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!], maxPayload: 300_000, connectTimeout: 10_000 });
+  const got: string[] = [];
+  a.onMessage((m) => got.push(m.topic));
+  try {
+    await Promise.all([a.open(), b.open()]);
+    // Before: it was sent, A closed the link (1009), B redialed and resent it, forever, and
+    // every later event waited behind it.
+    const long = "n".repeat(400_000);
+    let err: unknown;
+    try {
+      b.publish(long, new Uint8Array(10));
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err instanceof TransportError && err.code === "ERR_DITASK_TOO_LARGE", String(err));
+    const message = (err as Error).message;
+    assert.match(message, /its name \(400000 bytes\) and payload \(10 bytes\)/);
+    assert.ok(message.length < 400, `the message quotes the whole name (${message.length} characters)`);
+    b.publish("after", new Uint8Array(10));
+    await until(() => got.length === 1, "the next event");
+    assert.equal(got, ["after"]);
+    assert.equal([a.peers, b.peers], [[1], [0]]);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+});
+
+F("a tick's events that add up to more than maxPayload go out in several frames, in order", async () => {
+  const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 100_000, connectTimeout: 10_000 });
+  await a.bind();
+  const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!], maxPayload: 100_000, connectTimeout: 10_000 });
+  const got: number[] = [];
+  a.onMessage((m) => got.push(m.payload[0]! | (m.payload[1]! << 8)));
+  const left: number[] = [];
+  a.onPeer((e) => e.type === "left" && left.push(e.nodeId));
+  try {
+    await Promise.all([a.open(), b.open()]);
+    // Before: they went as one frame of about 200 kB; A closed the link (1009) and B resent it,
+    // forever: one event of the 300 arrived.
+    for (let i = 0; i < 300; i++) {
+      const p = new Uint8Array(1000);
+      p[0] = i & 255;
+      p[1] = i >> 8;
+      b.publish("t", p);
+    }
+    await until(() => got.length === 300, "all 300 events");
+    assert.equal(got, Array.from({ length: 300 }, (_, i) => i));
+    assert.equal(left, [], "the link never dropped");
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+});
+
 F("an event that could never be delivered (over maxPayload or maxOutboxBytes) is refused at publish; the link stays", async () => {
   const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 300_000, connectTimeout: 10_000 });
   await a.bind();

@@ -195,6 +195,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #hbInterval: number;
   #hbTimeout: number;
   #maxOutbox: number;
+  /** The largest frame of one event that can be delivered: within maxPayload and maxOutboxBytes. */
+  #frameLimit: number;
   #server: MeshServer | undefined;
   #bound: Promise<void> | undefined;
   #address: string | undefined;
@@ -237,6 +239,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     // A short timeout alone asks for quick detection: ping often enough for it.
     this.#hbInterval = options.heartbeatInterval ?? Math.min(2500, this.#hbTimeout / 4);
     this.#maxOutbox = options.maxOutboxBytes ?? 256 * 1024 * 1024;
+    this.#frameLimit = Math.min(this.#maxPayload, this.#maxOutbox - ENTRY_OVERHEAD);
     if (this.#tls && this.#listen?.kind === "ipc") throw new TypeError("Invalid options: tls needs a tcp listen address");
   }
 
@@ -769,7 +772,8 @@ export class WsMeshTransport extends TransportListeners implements Transport {
    */
   publish(topic: string, payload: Uint8Array, done?: () => void): void {
     if (this.#closed) return;
-    if (payload.byteLength >= LARGE_PAYLOAD) this.#checkSize(topic, payload);
+    // An upper bound of the frame (a UTF-16 unit is at most 3 bytes of UTF-8): exact only when near the limit.
+    if (payload.byteLength + 3 * topic.length + 48 > this.#frameLimit) this.#checkSize(topic, payload);
     if (done) {
       if (this.#peers.size === 0) done();
       else {
@@ -799,14 +803,20 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   #checkSize(topic: string, payload: Uint8Array): void {
     // An upper bound of the frame: the payload, the topic, and at most 48 bytes of CBOR heads,
     // sequence number, sender and alignment.
-    const bytes = payload.byteLength + Buffer.byteLength(topic) + 48;
-    const limit = Math.min(this.#maxPayload, this.#maxOutbox - ENTRY_OVERHEAD);
+    const topicBytes = Buffer.byteLength(topic);
+    const bytes = payload.byteLength + topicBytes + 48;
+    const limit = this.#frameLimit;
     if (bytes <= limit) return;
     const which = limit === this.#maxPayload
       ? `maxPayload (${this.#maxPayload} bytes), the largest frame a peer accepts`
       : `maxOutboxBytes (${this.#maxOutbox} bytes), what is kept for a peer until it acknowledges`;
+    // A long name is part of the problem: say so, and do not quote all of it.
+    const name = topic.length > 80 ? `${topic.slice(0, 80)}...` : topic;
+    const size = topicBytes > 1024
+      ? `its name (${topicBytes} bytes) and payload (${payload.byteLength} bytes)`
+      : `its ${payload.byteLength} bytes`;
     throw new TransportError(
-      `Cannot send "${topic}": its ${payload.byteLength} bytes are more than ${which}; raise it on every node, or send the data in parts`,
+      `Cannot send "${name}": ${size} are more than ${which}; raise it on every node, or send the data in parts`,
       { code: "ERR_DITASK_TOO_LARGE" },
     );
   }
@@ -839,8 +849,16 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       return;
     }
     const seq = p.sendSeq + 1;
-    p.sendSeq += items.length / 2;
     const frame = encodeEvents(seq, this.nodeId, items, p.slab);
+    if (!Array.isArray(frame) && frame.byteLength > this.#maxPayload && items.length > 2) {
+      // A tick's events add up to more than a peer accepts in one frame (a small maxPayload):
+      // send them in two frames, each within it. Every single event fits (publish checks).
+      const half = Math.floor(items.length / 4) * 2;
+      this.#frame(p, items.slice(0, half));
+      this.#frame(p, items.slice(half));
+      return;
+    }
+    p.sendSeq += items.length / 2;
     // Payloads copied into a frame are not read again.
     if (!Array.isArray(frame) && this.#holds.size > 0) {
       for (let i = 1; i < items.length; i += 2) this.#release(items[i] as Uint8Array);
