@@ -1,6 +1,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import type { ChildProcess } from "node:child_process";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
 import { Task } from "../../lib/task.ts";
@@ -263,6 +264,46 @@ R("large arrays emitted from one reused source arrive as emitted, while the code
   await until(() => n === N, `${N} arrays (got ${n})`);
   assert.equal(bad, []);
   assert.ok(releases >= N - 6, `${releases} buffers given back`);
+});
+
+R("a large event on a slow link, longer than heartbeatTimeout to arrive, is delivered; neither side drops the other", async () => {
+  const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1], heartbeatTimeout: 1000 });
+  const port = Number(a.address!.split(":").pop());
+  // A proxy that carries about 1 MB/s each way: 3 MB take about 3 s, three heartbeat timeouts.
+  const sockets: Socket[] = [];
+  const proxy = createServer((client) => {
+    const upstream = netConnect(port, "127.0.0.1");
+    sockets.push(client, upstream);
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      from.on("data", (d: Buffer) => {
+        to.write(d);
+        from.pause();
+        setTimeout(() => from.resume(), Math.ceil(d.length / 1000));
+      });
+      from.on("close", () => to.destroy());
+      from.on("error", () => {});
+    }
+  });
+  closers.push(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise((r) => proxy.close(r));
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()));
+  const proxyPort = (proxy.address() as { port: number }).port;
+  const b = await node({ nodeId: 1, dial: [`tcp://127.0.0.1:${proxyPort}`], heartbeatTimeout: 1000 });
+  await Promise.all([a.open(), b.open()]);
+  const left: string[] = [];
+  a.onPeer((e) => e.type === "left" && left.push(`a lost ${e.nodeId}`));
+  b.onPeer((e) => e.type === "left" && left.push(`b lost ${e.nodeId}`));
+  const got: number[] = [];
+  a.onMessage((m) => got.push(m.payload.byteLength));
+  // Before: A dropped the link as silent and B dropped A as a slow consumer after 1 s, and the
+  // event was lost.
+  b.publish("big", new Uint8Array(3_000_000));
+  await until(() => got.length === 1, "the 3 MB event", 20_000);
+  assert.equal(got, [3_000_000]);
+  assert.equal(left, []);
+  assert.equal([a.peers, b.peers], [[1], [0]]);
 });
 
 R("a peer that closes normally is reported as left at once and not redialed", async () => {

@@ -233,6 +233,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   /** Bytes read with the handshake's head that belong to the first frames. */
   #head: Uint8Array;
   #started = false;
+  #bytesRead = 0;
   // Writing
   #out: Uint8Array[] = [];
   #writing = false;
@@ -263,6 +264,10 @@ class DenoSocket extends EventEmitter implements MeshSocket {
 
   get readyState(): number {
     return this.#state;
+  }
+
+  get bytesRead(): number {
+    return this.#bytesRead;
   }
 
   start(): void {
@@ -402,7 +407,9 @@ class DenoSocket extends EventEmitter implements MeshSocket {
       if (this.#discard) {
         // The close frame arrived, or a protocol error: read and drop until the peer closes.
         sink ??= new Uint8Array(SLAB);
-        if ((await conn.read(sink)) === null) return;
+        const n = await conn.read(sink);
+        if (n === null) return;
+        this.#bytesRead += n;
         continue;
       }
       try {
@@ -448,6 +455,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
               const n = await conn.read(payload.subarray(have));
               if (n === null) return;
               have += n;
+              this.#bytesRead += n;
             }
             if (key) unmask(payload, key, 0);
             this.#onFrame(b0, payload);
@@ -481,6 +489,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
       const n = await conn.read(buf.subarray(end));
       if (n === null) return;
       end += n;
+      this.#bytesRead += n;
     }
   }
 

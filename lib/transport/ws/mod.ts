@@ -93,6 +93,8 @@ interface Link {
   peer: PeerState | undefined;
   lastSeen: number;
   lastPing: number;
+  /** The socket's byte count at the last heartbeat tick. */
+  bytesRead: number;
   /** Set once the link is being closed: nothing more is read from it. */
   closing: boolean;
   drops: number;
@@ -444,6 +446,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       peer: undefined,
       lastSeen: Date.now(),
       lastPing: Date.now(),
+      bytesRead: 0,
       closing: false,
       drops: 0,
       timer: undefined,
@@ -456,12 +459,22 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     ws.on("close", (code, reason) => this.#socketOnClose(link, code, reason));
     // One timer per link: the handshake deadline first, then the heartbeat.
     const started = Date.now();
+    const tick = Math.min(this.#hbInterval, 1000);
     link.timer = setInterval(() => {
       if (!link.peer) {
         if (Date.now() - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
         return;
       }
       const p = link.peer;
+      const read = ws.bytesRead;
+      if (read !== link.bytesRead) {
+        link.bytesRead = read;
+        // Bytes arrived but no message for a tick: a frame that takes longer than that is on its
+        // way (a large event on a slow link). The link is alive, and the sender learns that it
+        // is being read (an ACK counts as progress), so neither side drops the other.
+        if (Date.now() - link.lastSeen >= tick) this.#sendAck(p);
+        link.lastSeen = Date.now();
+      }
       if (p.outbox.length > 0 && Date.now() - p.progressAt > this.#hbTimeout) {
         this.#slow(p, `it acknowledged nothing for ${this.#hbTimeout} ms`);
         return;
@@ -475,7 +488,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         link.lastPing = Date.now();
         ws.ping();
       }
-    }, Math.min(this.#hbInterval, 1000));
+    }, tick);
     if (this.#closed) ws.close(CLOSE_NORMAL, "shutdown");
     else ws.send(encodeHello(this.nodeId, this.labels, this.session, link.nonce));
     ws.start();
@@ -644,10 +657,9 @@ export class WsMeshTransport extends TransportListeners implements Transport {
   }
 
   #onAck(p: PeerState, seq: number): void {
-    if (seq > p.acked) {
-      p.acked = seq;
-      p.progressAt = Date.now();
-    }
+    // Any ACK is progress: new events acknowledged, or the peer reading a frame still arriving.
+    p.progressAt = Date.now();
+    if (seq > p.acked) p.acked = seq;
     const box = p.outbox;
     let i = 0;
     while (i < box.length && box[i]!.last <= seq) {

@@ -58,6 +58,10 @@ class NodeSocket implements MeshSocket {
     return this.#ws.readyState;
   }
 
+  get bytesRead(): number {
+    return (this.#socket as { bytesRead?: number } | undefined)?.bytesRead ?? 0;
+  }
+
   on<E extends keyof MeshSocketEvents>(event: E, listener: MeshSocketEvents[E]): this {
     this.#ws.on(event, adapt(event, listener));
     return this;

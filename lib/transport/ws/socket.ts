@@ -48,6 +48,8 @@ export interface MeshSocketEvents {
 export interface MeshSocket {
   /** {@link OPEN}, {@link CLOSING} or {@link CLOSED}. */
   readonly readyState: number;
+  /** Bytes received on the connection so far: progress while a large frame is still arriving. */
+  readonly bytesRead: number;
   on<E extends keyof MeshSocketEvents>(event: E, listener: MeshSocketEvents[E]): unknown;
   once<E extends keyof MeshSocketEvents>(event: E, listener: MeshSocketEvents[E]): unknown;
   /**
