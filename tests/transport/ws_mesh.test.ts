@@ -5,6 +5,7 @@ import { TransportError } from "../../lib/errors.ts";
 import { runtimeKey } from "../../lib/runtime.ts";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
 import { encodeEvents, encodeHello, encodeResume, type EventsFrame, FRAME_BATCH, FRAME_EVENT, FRAME_HELLO, LARGE_PAYLOAD, parseFrame } from "../../lib/transport/ws/protocol.ts";
+import { log, LOG_LEVELS, setLogLevel } from "../../lib/log.ts";
 import { until } from "../_helpers.ts";
 import { defineTransportContract } from "./contract.ts";
 
@@ -202,6 +203,29 @@ F("a long event name counts against maxPayload too: refused at publish with a sh
     assert.equal(got, ["after"]);
     assert.equal([a.peers, b.peers], [[1], [0]]);
   } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
+});
+
+F("a peer with a smaller maxPayload that refuses a frame (1009) is named in a warning that says what to change", async () => {
+  const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 100_000, connectTimeout: 10_000 });
+  await a.bind();
+  const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!], connectTimeout: 10_000 });
+  const logged: string[] = [];
+  const origError = console.error;
+  const before = [...LOG_LEVELS].reverse().find((l) => log.enabled(l)) ?? "silent";
+  setLogLevel("warn");
+  console.error = (...args: unknown[]) => void logged.push(args.map(String).join(" "));
+  try {
+    await Promise.all([a.open(), b.open()]);
+    b.publish("t", new Uint8Array(200_000)); // within b's maxPayload, over a's
+    // Before: only "link to node 0 dropped (1009)" at info level, on every redial.
+    await until(() => logged.some((l) => l.includes("refused a frame as larger than its maxPayload")), "the warning");
+    const line = logged.find((l) => l.includes("refused a frame"))!;
+    assert.match(line, /node 0 refused a frame as larger than its maxPayload \(1009\), and this node's is 268435456 bytes; give every node the same maxPayload/);
+  } finally {
+    console.error = origError;
+    setLogLevel(before);
     await Promise.all([a.close(), b.close()]);
   }
 });

@@ -16,6 +16,7 @@ import {
   CLOSE_NORMAL,
   CLOSE_POLICY,
   CLOSE_SLOW,
+  CLOSE_TOO_BIG,
   CLOSE_VERSION,
   encodeAck,
   encodeAuth,
@@ -741,6 +742,13 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       return;
     }
     // Dropped without a normal close: wait for the peer to come back (the dialing side redials).
+    if (code === CLOSE_TOO_BIG) {
+      // Only a peer with a smaller maxPayload than this node's does this (publish checks ours):
+      // the frame is resent on every new link and refused again.
+      log.warn(
+        `node ${this.nodeId}: node ${p.nodeId} refused a frame as larger than its maxPayload (1009), and this node's is ${this.#maxPayload} bytes; give every node the same maxPayload`,
+      );
+    }
     log.info(`node ${this.nodeId}: link to node ${p.nodeId} dropped (${code}); waiting ${this.#hbTimeout} ms for it`);
     p.downTimer = setTimeout(() => {
       p.downTimer = undefined;
