@@ -3,6 +3,7 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -400,6 +401,53 @@ if (!exe) {
     assert.ok(took >= 500 && took < 3000, `left after ${took} ms`);
     assert.equal(a.peers, []);
     await child;
+  });
+
+  R("a large event on a slow link to Redis, longer than peerTimeout to arrive: the sender is not reported as left", async () => {
+    const srv = await server();
+    const job = newJob();
+    // The receiver reaches Redis through a proxy that carries about 1 MB/s each way: 3 MB take
+    // about 3 s, three peer timeouts.
+    const sockets: Socket[] = [];
+    const proxy = createServer((client) => {
+      const upstream = netConnect(srv.port, "127.0.0.1");
+      sockets.push(client, upstream);
+      for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+        from.on("data", (d: Buffer) => {
+          to.write(d);
+          from.pause();
+          setTimeout(() => from.resume(), Math.ceil(d.length / 1000));
+        });
+        from.on("close", () => to.destroy());
+        from.on("error", () => {});
+      }
+    });
+    try {
+      await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()));
+      const proxyPort = (proxy.address() as { port: number }).port;
+      const common = { job, expect: [0, 1], peerTimeout: 1000, connectTimeout: 10_000 };
+      const a = new RedisTransport({ nodeId: 0, redisPort: srv.port, ...common });
+      const b = new RedisTransport({ nodeId: 1, redisPort: proxyPort, ...common });
+      open.push(a, b);
+      await Promise.all([a.open(), b.open()]);
+      b.subscribe("big");
+      a.endStartup();
+      b.endStartup();
+      await b.whenSubscribed();
+      const left: number[] = [];
+      b.onPeer((e) => e.type === "left" && left.push(e.nodeId));
+      const got = collect(b);
+      // Before: B reported A as left (timed out) while the event was still arriving, then as
+      // joined again.
+      a.publish("big", new Uint8Array(3_000_000));
+      await until(() => got.length === 1, "the 3 MB event", 20_000);
+      assert.is(got[0]!.payload.byteLength, 3_000_000);
+      assert.equal(left, []);
+      assert.equal(b.peers, [0]);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
+    }
   });
 
   R("close() is idempotent and leaves nothing running: the process exits by itself", async () => {

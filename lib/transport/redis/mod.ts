@@ -171,6 +171,8 @@ export class RedisTransport extends TransportListeners implements Transport {
   #drainWaiters: Array<() => void> = [];
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   #lastTick = 0;
+  /** When this node last heard its own heartbeat back on the membership channel (0: not yet). */
+  #heardSelf = 0;
   #drops = 0;
   #lastError: string | undefined;
 
@@ -431,7 +433,11 @@ export class RedisTransport extends TransportListeners implements Transport {
       this.#announce("hb").catch((err) => log.debug(`node ${this.nodeId}: heartbeat failed:`, err?.message));
     }
     if (!late) {
-      for (const [id, p] of this.#peers) if (now - p.lastSeen > this.#peerTimeout) this.#left(id, p, "timed out");
+      // Peers are judged up to what this node could hear: while a large message is still
+      // arriving on the subscriber connection, everything behind it (our own heartbeat too) waits,
+      // and silence then says nothing about the peers.
+      const heard = this.#cmdUp && this.#heardSelf > 0 ? Math.min(now, this.#heardSelf + this.#heartbeatInterval) : now;
+      for (const [id, p] of this.#peers) if (heard - p.lastSeen > this.#peerTimeout) this.#left(id, p, "timed out");
     }
     this.#checkGate();
   }
@@ -465,6 +471,7 @@ export class RedisTransport extends TransportListeners implements Transport {
     if (typeof m === "string") return this.#dropped(`the membership channel of job "${this.job}"`, m);
     if (m.id === this.nodeId) {
       if (m.inst !== this.#inst.hex) this.#dropped(`job "${this.job}"`, `another process uses node id ${m.id}`);
+      else this.#heardSelf = Date.now();
       return;
     }
     if (m.k === "bye") {
