@@ -6,6 +6,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connect as netConnect, createServer, type Socket } from "node:net";
 
 /** Reject with a clear message if `p` does not settle within `ms`. */
 export function withTimeout<T>(p: Promise<T>, ms: number, label: string): Promise<T> {
@@ -180,4 +181,33 @@ export function selfSignedCert(): { cert: string; key: string } {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A TCP proxy on a free loopback port to `127.0.0.1:targetPort` that carries about
+ * `bytesPerMs` bytes per millisecond each way (a slow link). `close()` cuts every connection.
+ */
+export async function slowProxy(targetPort: number, bytesPerMs: number): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets: Socket[] = [];
+  const proxy = createServer((client) => {
+    const upstream = netConnect(targetPort, "127.0.0.1");
+    sockets.push(client, upstream);
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      from.on("data", (d: Uint8Array) => {
+        to.write(d);
+        from.pause();
+        setTimeout(() => from.resume(), Math.ceil(d.byteLength / bytesPerMs));
+      });
+      from.on("close", () => to.destroy());
+      from.on("error", () => {});
+    }
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    port: (proxy.address() as { port: number }).port,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise((resolve) => proxy.close(() => resolve()));
+    },
+  };
 }

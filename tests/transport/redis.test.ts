@@ -3,7 +3,6 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { connect as netConnect, createServer, type Socket } from "node:net";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -23,7 +22,7 @@ import { setLogLevel } from "../../lib/log.ts";
 import { PEER_JOINED, Router } from "../../lib/router.ts";
 import { Task } from "../../lib/task.ts";
 import { cborCodec } from "../../lib/codec.ts";
-import { killAll, runScript, runtimeKey, testPath, withTimeout, until as waitUntil } from "../_helpers.ts";
+import { killAll, runScript, runtimeKey, slowProxy, testPath, withTimeout, until as waitUntil } from "../_helpers.ts";
 import { freePort, liveServers, type RedisServer, redisServerPath, startRedis } from "../_redis.ts";
 import { defineTransportContract } from "./contract.ts";
 
@@ -408,23 +407,9 @@ if (!exe) {
     const job = newJob();
     // The receiver reaches Redis through a proxy that carries about 1 MB/s each way: 3 MB take
     // about 3 s, three peer timeouts.
-    const sockets: Socket[] = [];
-    const proxy = createServer((client) => {
-      const upstream = netConnect(srv.port, "127.0.0.1");
-      sockets.push(client, upstream);
-      for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
-        from.on("data", (d: Buffer) => {
-          to.write(d);
-          from.pause();
-          setTimeout(() => from.resume(), Math.ceil(d.length / 1000));
-        });
-        from.on("close", () => to.destroy());
-        from.on("error", () => {});
-      }
-    });
+    const proxy = await slowProxy(srv.port, 1000);
     try {
-      await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()));
-      const proxyPort = (proxy.address() as { port: number }).port;
+      const proxyPort = proxy.port;
       const common = { job, expect: [0, 1], peerTimeout: 1000, connectTimeout: 10_000 };
       const a = new RedisTransport({ nodeId: 0, redisPort: srv.port, ...common });
       const b = new RedisTransport({ nodeId: 1, redisPort: proxyPort, ...common });
@@ -445,8 +430,7 @@ if (!exe) {
       assert.equal(left, []);
       assert.equal(b.peers, [0]);
     } finally {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => proxy.close(r));
+      await proxy.close();
     }
   });
 

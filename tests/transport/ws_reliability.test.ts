@@ -1,7 +1,6 @@
 import { suite } from "uvu";
 import * as assert from "uvu/assert";
 import type { ChildProcess } from "node:child_process";
-import { connect as netConnect, createServer, type Socket } from "node:net";
 import { WebSocket } from "ws";
 import { WsMeshTransport } from "../../lib/transport/ws/mod.ts";
 import { Task } from "../../lib/task.ts";
@@ -11,7 +10,7 @@ import { type Codec, createCborCodec } from "../../lib/codec.ts";
 import type { PeerEvent, TransportMessage } from "../../lib/transport/types.ts";
 import { setLogLevel } from "../../lib/log.ts";
 import { spawnScript } from "../../lib/runtime.ts";
-import { freePorts, testPath, until, withTimeout } from "../_helpers.ts";
+import { freePorts, slowProxy, testPath, until, withTimeout } from "../_helpers.ts";
 
 const R = suite("WsMeshTransport reliability");
 const closers: Array<() => unknown> = [];
@@ -270,26 +269,9 @@ R("a large event on a slow link, longer than heartbeatTimeout to arrive, is deli
   const a = await node({ nodeId: 0, listen: "tcp://127.0.0.1:0", expect: [1], heartbeatTimeout: 1000 });
   const port = Number(a.address!.split(":").pop());
   // A proxy that carries about 1 MB/s each way: 3 MB take about 3 s, three heartbeat timeouts.
-  const sockets: Socket[] = [];
-  const proxy = createServer((client) => {
-    const upstream = netConnect(port, "127.0.0.1");
-    sockets.push(client, upstream);
-    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
-      from.on("data", (d: Buffer) => {
-        to.write(d);
-        from.pause();
-        setTimeout(() => from.resume(), Math.ceil(d.length / 1000));
-      });
-      from.on("close", () => to.destroy());
-      from.on("error", () => {});
-    }
-  });
-  closers.push(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise((r) => proxy.close(r));
-  });
-  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", () => resolve()));
-  const proxyPort = (proxy.address() as { port: number }).port;
+  const proxy = await slowProxy(port, 1000);
+  closers.push(() => proxy.close());
+  const proxyPort = proxy.port;
   const b = await node({ nodeId: 1, dial: [`tcp://127.0.0.1:${proxyPort}`], heartbeatTimeout: 1000 });
   await Promise.all([a.open(), b.open()]);
   const left: string[] = [];
