@@ -459,9 +459,20 @@ export class WsMeshTransport extends TransportListeners implements Transport {
     ws.on("pong", () => (link.lastSeen = Date.now()));
     ws.on("close", (code, reason) => this.#socketOnClose(link, code, reason));
     // One timer per link: the handshake deadline first, then the heartbeat.
-    const started = Date.now();
+    let started = Date.now();
     const tick = Math.min(this.#hbInterval, 1000);
+    let lastTick = started;
     link.timer = setInterval(() => {
+      const now = Date.now();
+      const deaf = now - lastTick - tick;
+      lastTick = now;
+      if (deaf > Math.min(tick, 200)) {
+        // This tick is late: the process was busy (a long synchronous step) and could not read.
+        // That time does not count against the peer, whose frames and ACKs wait in the socket.
+        started += deaf;
+        link.lastSeen = Math.min(now, link.lastSeen + deaf);
+        if (link.peer) link.peer.progressAt = Math.min(now, link.peer.progressAt + deaf);
+      }
       if (!link.peer) {
         if (Date.now() - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
         return;
