@@ -18,7 +18,7 @@ import { EventEmitter } from "node:events";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync, unlinkSync } from "node:fs";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
-import { type Address, wsMessage } from "./protocol.ts";
+import { type Address, wsHeadSize, wsMessage, writeWsHead } from "./protocol.ts";
 import { CLOSED, CLOSING, closeReason, type DialOptions, type ListenOptions, type MeshServer, type MeshSocket, OPEN, type SocketKit } from "./socket.ts";
 
 // --- the parts of the Deno namespace used here ---------------------------------------------------
@@ -87,22 +87,15 @@ class TlsStreamConn implements DenoConn {
     });
   }
 
-  static open(host: string, port: number, ca: string | undefined, timeout: number): Promise<TlsStreamConn> {
+  /** Connect and complete the TLS handshake (node:tls sends the host as SNI unless it is an IP). */
+  static open(host: string, port: number, ca: string | undefined): Promise<TlsStreamConn> {
     return new Promise((resolve, reject) => {
-      const socket = tlsConnect({ host, port, ...(ca !== undefined ? { ca } : {}), ...(/^[\d.]+$|:/.test(host) ? {} : { servername: host }) });
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error("Opening handshake has timed out"));
-      }, timeout);
+      const socket = tlsConnect({ host, port, ...(ca !== undefined ? { ca } : {}) });
       socket.once("secureConnect", () => {
-        clearTimeout(timer);
-        socket.setNoDelay(true);
+        socket.off("error", reject);
         resolve(new TlsStreamConn(socket));
       });
-      socket.once("error", (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
+      socket.once("error", reject);
     });
   }
 
@@ -178,30 +171,17 @@ function acceptKey(key: string): string {
 
 /** A frame header: `first` is the FIN bit and the opcode; a masked one has an all-zero key. */
 function frameHead(first: number, n: number, masked: boolean): Uint8Array {
-  const lenBytes = n < 126 ? 0 : n < 0x10000 ? 2 : 8;
-  const out = new Uint8Array(2 + lenBytes + (masked ? 4 : 0));
-  out[0] = first;
-  const m = masked ? 0x80 : 0;
-  if (lenBytes === 0) out[1] = m | n;
-  else if (lenBytes === 2) {
-    out[1] = m | 126;
-    out[2] = n >> 8;
-    out[3] = n & 255;
-  } else {
-    out[1] = m | 127;
-    const view = new DataView(out.buffer);
-    view.setUint32(2, Math.floor(n / 0x100000000));
-    view.setUint32(6, n >>> 0);
-  }
+  const out = new Uint8Array(wsHeadSize(n, masked));
+  writeWsHead(out, first, n, masked);
   return out;
 }
 
 /** A frame with a small payload, in one buffer (the mask key, if any, is all zero). */
 function smallFrame(first: number, payload: Uint8Array, masked: boolean): Uint8Array {
-  const head = frameHead(first, payload.byteLength, masked);
-  const out = new Uint8Array(head.byteLength + payload.byteLength);
-  out.set(head);
-  out.set(payload, head.byteLength);
+  const head = wsHeadSize(payload.byteLength, masked);
+  const out = new Uint8Array(head + payload.byteLength);
+  writeWsHead(out, first, payload.byteLength, masked);
+  out.set(payload, head);
   return out;
 }
 
@@ -296,7 +276,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   }
 
   ping(): void {
-    if (this.#state === OPEN) this.#write(smallFrame(0x80 | OP_PING, new Uint8Array(0), this.#client));
+    if (this.#state === OPEN) this.#write(frameHead(0x80 | OP_PING, 0, this.#client));
   }
 
   close(code: number, reason: string): void {
@@ -307,8 +287,6 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   }
 
   terminate(): void {
-    if (this.#finished) return;
-    this.#state = CLOSING;
     this.#drop();
   }
 
@@ -316,7 +294,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
   #sendClose(code: number, reason: string): void {
     if (this.#closeSent) return;
     this.#closeSent = true;
-    if (code === 1005) return this.#write(smallFrame(0x80 | OP_CLOSE, new Uint8Array(0), this.#client));
+    if (code === 1005) return this.#write(frameHead(0x80 | OP_CLOSE, 0, this.#client));
     const r = Buffer.from(closeReason(reason));
     const payload = new Uint8Array(2 + r.length);
     payload[0] = code >> 8;
@@ -356,12 +334,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
             parts.push(next);
             n += next.byteLength;
           }
-          buf = new Uint8Array(n);
-          let at = 0;
-          for (const p of parts) {
-            buf.set(p, at);
-            at += p.byteLength;
-          }
+          buf = Buffer.concat(parts, n);
         }
         for (let done = 0; done < buf.byteLength;) done += await this.#conn.write(done === 0 ? buf : buf.subarray(done));
       }
@@ -603,7 +576,7 @@ class DenoSocket extends EventEmitter implements MeshSocket {
     this.#emitError(err);
   }
 
-  /** Close the connection now; 'close' is emitted once the reader has stopped. */
+  /** Close the connection now; 'close' follows on a later turn. */
   #drop(): void {
     if (this.#finished) return;
     this.#finished = true;
@@ -679,21 +652,21 @@ function closeQuietly(conn: DenoConn): void {
   }
 }
 
-/** Run `work` on `conn`, closing `conn` if it takes longer than `ms` (its reads then fail). */
-async function withDeadline<T>(conn: DenoConn, ms: number, work: () => Promise<T>): Promise<T> {
-  let late = false;
-  const timer = setTimeout(() => {
-    late = true;
-    closeQuietly(conn);
-  }, ms);
-  try {
-    return await work();
-  } catch (err) {
-    if (late) throw new Error("Opening handshake has timed out");
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
+/**
+ * A deadline for an opening handshake: `expired` rejects after `ms` (race it against the work;
+ * close the connection then, so that its pending reads end too).
+ */
+function deadline(ms: number): { expired: Promise<never>; passed: () => boolean; cancel(): void } {
+  let passed = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      passed = true;
+      reject(new Error("Opening handshake has timed out"));
+    }, ms);
+  });
+  expired.catch(() => {}); // raced, or cancelled before it fired
+  return { expired, passed: () => passed, cancel: () => clearTimeout(timer) };
 }
 
 function hasToken(value: string | undefined, token: string): boolean {
@@ -702,47 +675,43 @@ function hasToken(value: string | undefined, token: string): boolean {
 
 async function dial(addr: Address, options: DialOptions): Promise<MeshSocket> {
   const net = denoNet();
-  const started = Date.now();
+  const d = deadline(options.timeout);
   const connecting: Promise<DenoConn> = addr.kind === "ipc"
     ? net.connect({ transport: "unix", path: addr.path })
     : addr.tls
-    ? TlsStreamConn.open(addr.host, addr.port, options.ca, options.timeout)
+    ? TlsStreamConn.open(addr.host, addr.port, options.ca)
     : net.connect({ hostname: addr.host, port: addr.port });
-  let conn: DenoConn;
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  // A connection that comes after the deadline is closed at once.
+  connecting.then((c) => d.passed() && closeQuietly(c), () => {});
+  let conn: DenoConn | undefined;
   try {
-    conn = await Promise.race([
-      connecting,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("Opening handshake has timed out")), options.timeout);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-  try {
-    return await withDeadline(conn, Math.max(1, options.timeout - (Date.now() - started)), async () => {
-      await conn.handshake?.();
-      conn.setNoDelay?.(true);
-      const key = randomBytes(16).toString("base64");
-      const host = addr.kind === "ipc" ? "localhost" : addr.host.includes(":") ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`;
-      await writeAll(
-        conn,
-        `GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`,
-      );
-      const head = await readHead(conn);
-      const status = /^HTTP\/1\.1 (\d{3})/.exec(head.line)?.[1];
-      if (status !== "101") throw new Error(`Unexpected server response: ${status ?? head.line.slice(0, 40)}`);
-      if (!hasToken(head.headers.get("upgrade"), "websocket")) throw new Error("Invalid Upgrade header");
-      if (head.headers.get("sec-websocket-accept") !== acceptKey(key)) throw new Error("Invalid Sec-WebSocket-Accept header");
-      if (head.headers.has("sec-websocket-extensions")) throw new Error("Server sent a Sec-WebSocket-Extensions header but no extension was requested");
-      if (head.headers.has("sec-websocket-protocol")) throw new Error("Server sent a subprotocol but none was requested");
-      return new DenoSocket(conn, true, options.maxPayload, head.rest);
-    });
+    conn = await Promise.race([connecting, d.expired]);
+    return await Promise.race([clientHandshake(conn, addr, options), d.expired]);
   } catch (err) {
-    closeQuietly(conn);
+    if (conn) closeQuietly(conn);
     throw err;
+  } finally {
+    d.cancel();
   }
+}
+
+/** The client's side of the opening handshake on a connected `conn`. */
+async function clientHandshake(conn: DenoConn, addr: Address, options: DialOptions): Promise<DenoSocket> {
+  conn.setNoDelay?.(true);
+  const key = randomBytes(16).toString("base64");
+  const host = addr.kind === "ipc" ? "localhost" : addr.host.includes(":") ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`;
+  await writeAll(
+    conn,
+    `GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`,
+  );
+  const head = await readHead(conn);
+  const status = /^HTTP\/1\.1 (\d{3})/.exec(head.line)?.[1];
+  if (status !== "101") throw new Error(`Unexpected server response: ${status ?? head.line.slice(0, 40)}`);
+  if (!hasToken(head.headers.get("upgrade"), "websocket")) throw new Error("Invalid Upgrade header");
+  if (head.headers.get("sec-websocket-accept") !== acceptKey(key)) throw new Error("Invalid Sec-WebSocket-Accept header");
+  if (head.headers.has("sec-websocket-extensions")) throw new Error("Server sent a Sec-WebSocket-Extensions header but no extension was requested");
+  if (head.headers.has("sec-websocket-protocol")) throw new Error("Server sent a subprotocol but none was requested");
+  return new DenoSocket(conn, true, options.maxPayload, head.rest);
 }
 
 /** Answer a request that is not a valid upgrade, and close. */
@@ -755,40 +724,46 @@ async function refuse(conn: DenoConn, status: string, body: string): Promise<voi
   closeQuietly(conn);
 }
 
-/** The opening handshake of an accepted connection. */
+/** The opening handshake of an accepted connection; the socket, or undefined when refused. */
+async function serverHandshake(conn: DenoConn, options: ListenOptions): Promise<DenoSocket | undefined> {
+  await conn.handshake?.().catch((err: Error) => {
+    options.note("info", `TLS handshake failed: ${err.message}`);
+    throw err;
+  });
+  conn.setNoDelay?.(true);
+  const head = await readHead(conn);
+  const [method] = head.line.split(" ");
+  const h = head.headers;
+  if (!h.has("upgrade")) {
+    await refuse(conn, "426 Upgrade Required", "ditask mesh: WebSocket upgrade required\n");
+    return undefined;
+  }
+  const key = h.get("sec-websocket-key");
+  const version = h.get("sec-websocket-version");
+  if (method !== "GET" || !hasToken(h.get("upgrade"), "websocket") || !key || !/^[+/0-9A-Za-z]{22}==$/.test(key) || (version !== "13" && version !== "8")) {
+    await refuse(conn, "400 Bad Request", "Bad Request\n");
+    return undefined;
+  }
+  if (!options.admit()) {
+    closeQuietly(conn);
+    return undefined;
+  }
+  await writeAll(conn, `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
+  return new DenoSocket(conn, false, options.maxPayload, head.rest);
+}
+
+/** Upgrade an accepted connection and hand it to the transport. */
 async function upgrade(conn: DenoConn, options: ListenOptions): Promise<void> {
+  const d = deadline(options.timeout);
   let socket: DenoSocket | undefined;
   try {
-    socket = await withDeadline(conn, options.timeout, async () => {
-      await conn.handshake?.().catch((err: Error) => {
-        options.note("info", `TLS handshake failed: ${err.message}`);
-        throw err;
-      });
-      conn.setNoDelay?.(true);
-      const head = await readHead(conn);
-      const [method] = head.line.split(" ");
-      const h = head.headers;
-      if (!h.has("upgrade")) {
-        await refuse(conn, "426 Upgrade Required", "ditask mesh: WebSocket upgrade required\n");
-        return undefined;
-      }
-      const key = h.get("sec-websocket-key");
-      const version = h.get("sec-websocket-version");
-      if (method !== "GET" || !hasToken(h.get("upgrade"), "websocket") || !key || !/^[+/0-9A-Za-z]{22}==$/.test(key) || (version !== "13" && version !== "8")) {
-        await refuse(conn, "400 Bad Request", "Bad Request\n");
-        return undefined;
-      }
-      if (!options.admit()) {
-        closeQuietly(conn);
-        return undefined;
-      }
-      await writeAll(conn, `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptKey(key)}\r\n\r\n`);
-      return new DenoSocket(conn, false, options.maxPayload, head.rest);
-    });
+    socket = await Promise.race([serverHandshake(conn, options), d.expired]);
   } catch (err) {
     options.note("debug", `upgrade socket error: ${(err as Error).message}`);
     closeQuietly(conn);
     return;
+  } finally {
+    d.cancel();
   }
   if (!socket) return;
   try {

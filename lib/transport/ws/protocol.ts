@@ -230,22 +230,47 @@ function allocFrame(size: number): Uint8Array {
  */
 export function wsMessage(frame: Uint8Array, masked: boolean): Buffer {
   const n = frame.byteLength;
-  const lenBytes = n < 126 ? 0 : n < 0x10000 ? 2 : 8;
-  const start = frame.byteOffset - 2 - lenBytes - (masked ? 4 : 0);
+  const start = frame.byteOffset - wsHeadSize(n, masked);
   const out = Buffer.from(frame.buffer, start, frame.byteOffset + n - start);
-  out[0] = 0x82; // FIN, binary
+  writeWsHead(out, 0x82, n, masked); // FIN, binary
+  return out;
+}
+
+/** The size of a WebSocket frame header for a payload of `n` bytes (RFC 6455 §5.2). */
+export function wsHeadSize(n: number, masked: boolean): number {
+  return 2 + (n < 126 ? 0 : n < 0x10000 ? 2 : 8) + (masked ? 4 : 0);
+}
+
+/**
+ * Write a WebSocket frame header at the start of `out`: `first` is the FIN bit and the opcode,
+ * `n` the payload length. `masked` sets the mask bit with an all-zero key (the payload goes as it
+ * is); see {@link wsMessage}.
+ */
+export function writeWsHead(out: Uint8Array, first: number, n: number, masked: boolean): void {
+  out[0] = first;
   const m = masked ? 0x80 : 0;
-  if (lenBytes === 0) out[1] = m | n;
-  else if (lenBytes === 2) {
+  let at = 2;
+  if (n < 126) out[1] = m | n;
+  else if (n < 0x10000) {
     out[1] = m | 126;
-    out.writeUInt16BE(n, 2);
+    out[2] = n >> 8;
+    out[3] = n & 255;
+    at = 4;
   } else {
     out[1] = m | 127;
-    out.writeUInt32BE(Math.floor(n / 0x100000000), 2);
-    out.writeUInt32BE(n >>> 0, 6);
+    const hi = Math.floor(n / 0x100000000);
+    const lo = n >>> 0;
+    out[2] = hi >>> 24;
+    out[3] = (hi >>> 16) & 255;
+    out[4] = (hi >>> 8) & 255;
+    out[5] = hi & 255;
+    out[6] = lo >>> 24;
+    out[7] = (lo >>> 16) & 255;
+    out[8] = (lo >>> 8) & 255;
+    out[9] = lo & 255;
+    at = 10;
   }
-  if (masked) out.writeUInt32BE(0, 2 + lenBytes);
-  return out;
+  if (masked) out.fill(0, at, at + 4);
 }
 
 /** Payloads at least this large are sent as a WebSocket fragment of their own, not copied into the frame. */
