@@ -207,14 +207,14 @@ F("a long event name counts against maxPayload too: refused at publish with a sh
   }
 });
 
-F("a peer with a smaller maxPayload that refuses a frame (1009) is named in a warning that says what to change", async () => {
+F("a peer with a smaller maxPayload that refuses a frame (1009) is named in one warning; the redials back off", async () => {
   const a = new WsMeshTransport({ nodeId: 0, listen: "tcp://127.0.0.1:0", maxPayload: 100_000, connectTimeout: 10_000 });
   await a.bind();
   const b = new WsMeshTransport({ nodeId: 1, dial: [a.address!], connectTimeout: 10_000 });
   const logged: string[] = [];
   const origError = console.error;
   const before = [...LOG_LEVELS].reverse().find((l) => log.enabled(l)) ?? "silent";
-  setLogLevel("warn");
+  setLogLevel("info");
   console.error = (...args: unknown[]) => void logged.push(args.map(String).join(" "));
   try {
     await Promise.all([a.open(), b.open()]);
@@ -223,6 +223,15 @@ F("a peer with a smaller maxPayload that refuses a frame (1009) is named in a wa
     await until(() => logged.some((l) => l.includes("refused a frame as larger than its maxPayload")), "the warning");
     const line = logged.find((l) => l.includes("refused a frame"))!;
     assert.match(line, /node 0 refused a frame as larger than its maxPayload \(1009\), and this node's is 268435456 bytes; give every node the same maxPayload/);
+    // How often it redials over the next second is the behaviour under test: this waits on purpose.
+    const from = logged.length;
+    await new Promise((r) => setTimeout(r, 1000));
+    const later = logged.slice(from);
+    // Before the backoff, B redialed at once after each refusal: hundreds of links a second,
+    // each with its own warning.
+    assert.is(later.filter((l) => l.includes("refused a frame")).length, 0, "one warning per peer");
+    const redials = later.filter((l) => l.includes("dropped (1009); redialing")).length;
+    assert.ok(redials <= 12, `${redials} redials in 1 s`);
   } finally {
     console.error = origError;
     setLogLevel(before);

@@ -136,6 +136,8 @@ interface PeerState {
   slab: FrameSlab;
   /** Set while the link is down and we wait for the peer to come back. */
   downTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The peer refused a frame as too large (1009), and this node said so. */
+  refusedTooBig: boolean;
 }
 
 const DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024;
@@ -389,6 +391,14 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       }
     };
     let attempt = 0;
+    // Exponential backoff with jitter: 10 ms doubling up to 2 s, times 0.5 to 1. Before the first
+    // link the cap is 50 ms: at start-up the peer is usually still loading, a refused dial costs
+    // well under a millisecond, and a longer wait would be added to the launch.
+    const backoff = () => {
+      const cap = reported ? 2000 : 50;
+      const wait = Math.min(cap, 10 * 2 ** Math.min(attempt++, 8)) * (0.5 + Math.random() / 2);
+      return this.#sleep(reported ? wait : Math.min(wait, Math.max(1, deadline - Date.now())));
+    };
     while (!this.#closed) {
       let link: Link;
       try {
@@ -404,19 +414,17 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         if (!reported && Date.now() >= deadline) {
           report(new TransportError(`Cannot connect to ${formatAddress(addr)} within ${this.#connectTimeout} ms: ${e.message}`, { cause: err }));
         }
-        // Exponential backoff with jitter: 10 ms doubling up to 2 s, times 0.5 to 1. Before the
-        // first link the cap is 50 ms: at start-up the peer is usually still loading, a refused
-        // dial costs well under a millisecond, and a longer wait would be added to the launch.
-        const cap = reported ? 2000 : 50;
-        const wait = Math.min(cap, 10 * 2 ** Math.min(attempt++, 8)) * (0.5 + Math.random() / 2);
-        await this.#sleep(reported ? wait : Math.min(wait, Math.max(1, deadline - Date.now())));
+        await backoff();
         continue;
       }
-      attempt = 0;
       report();
       const code = await new Promise<number>((resolve) => link.ws.once("close", (c) => resolve(c)));
       if (code === CLOSE_NORMAL || code === 1001 || code === CLOSE_DUPLICATE_NODE) return;
       log.info(`node ${this.nodeId}: link to ${formatAddress(addr)} dropped (${code}); redialing`);
+      // A frame the peer refused as too large is refused again on the next link: back off as
+      // after a failed dial, not redial at once.
+      if (code === CLOSE_TOO_BIG) await backoff();
+      else attempt = 0;
     }
   }
 
@@ -474,7 +482,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         if (link.peer) link.peer.progressAt = Math.min(now, link.peer.progressAt + deaf);
       }
       if (!link.peer) {
-        if (Date.now() - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
+        if (now - started > HANDSHAKE_TIMEOUT) this.#reject(link, CLOSE_POLICY, "handshake timed out");
         return;
       }
       const p = link.peer;
@@ -484,20 +492,20 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         // Bytes arrived but no message for a tick: a frame that takes longer than that is on its
         // way (a large event on a slow link). The link is alive, and the sender learns that it
         // is being read (an ACK counts as progress), so neither side drops the other.
-        if (Date.now() - link.lastSeen >= tick) this.#sendAck(p);
-        link.lastSeen = Date.now();
+        if (now - link.lastSeen >= tick) this.#sendAck(p);
+        link.lastSeen = now;
       }
-      if (p.outbox.length > 0 && Date.now() - p.progressAt > this.#hbTimeout) {
+      if (p.outbox.length > 0 && now - p.progressAt > this.#hbTimeout) {
         this.#slow(p, `it acknowledged nothing for ${this.#hbTimeout} ms`);
         return;
       }
-      if (Date.now() - link.lastSeen > this.#hbTimeout) {
+      if (now - link.lastSeen > this.#hbTimeout) {
         log.warn(`node ${this.nodeId}: node ${link.peer.nodeId} silent for ${this.#hbTimeout} ms; dropping its link`);
         ws.terminate();
         return;
       }
-      if (Date.now() - link.lastPing >= this.#hbInterval) {
-        link.lastPing = Date.now();
+      if (now - link.lastPing >= this.#hbInterval) {
+        link.lastPing = now;
         ws.ping();
       }
     }, tick);
@@ -645,6 +653,7 @@ export class WsMeshTransport extends TransportListeners implements Transport {
         ackTimer: undefined,
         slab: new FrameSlab(),
         downTimer: undefined,
+        refusedTooBig: false,
       };
       this.#peers.set(id, p);
     }
@@ -753,9 +762,10 @@ export class WsMeshTransport extends TransportListeners implements Transport {
       return;
     }
     // Dropped without a normal close: wait for the peer to come back (the dialing side redials).
-    if (code === CLOSE_TOO_BIG) {
+    if (code === CLOSE_TOO_BIG && !p.refusedTooBig) {
       // Only a peer with a smaller maxPayload than this node's does this (publish checks ours):
-      // the frame is resent on every new link and refused again.
+      // the frame is resent on every new link and refused again. Said once per peer.
+      p.refusedTooBig = true;
       log.warn(
         `node ${this.nodeId}: node ${p.nodeId} refused a frame as larger than its maxPayload (1009), and this node's is ${this.#maxPayload} bytes; give every node the same maxPayload`,
       );
