@@ -463,29 +463,45 @@ P("every SPEC payload type arrives with its type and values", async () => {
   assert.ok(lines(r.stdout).includes("payload checks 111111111111"), r.stdout);
 });
 
-P("mixed runtimes: a Node launch and a Deno launch joined by attachTo exchange a 1M Float32Array both ways, and a Float16Array from Deno", async () => {
+/**
+ * A Node launch and a Deno launch joined by attachTo: `dialer` is the runtime whose worker dials
+ * the other's (node 1 dials node 0), over plain tcp or over wss. The two runtimes run different
+ * WebSocket implementations (ws on Node, ditask's own on Deno), so both directions are checked.
+ */
+async function mixedRuntimes(dialer: "node" | "deno", tls: boolean): Promise<void> {
   const [p0, p1] = await freePorts(2);
-  const node = runtimeKey === "node" ? scenarios : scenarios.replace(/\.ts$/, ".js").replace("/tests/", "/.test-dist/tests/");
-  const deno = runtimeKey === "deno" ? scenarios : scenarios.replace(/\.js$/, ".ts").replace("/.test-dist/tests/", "/tests/");
-  const a = runScript(node, ["mixed", JSON.stringify({ nParallelWorkers: 1, protocol: "tcp", ports: p0, nodeIds: 0 })], {
-    runtime: "node",
+  const scriptOf = {
+    node: runtimeKey === "node" ? scenarios : scenarios.replace(/\.ts$/, ".js").replace("/tests/", "/.test-dist/tests/"),
+    deno: runtimeKey === "deno" ? scenarios : scenarios.replace(/\.js$/, ".ts").replace("/.test-dist/tests/", "/tests/"),
+  };
+  const acceptor = dialer === "node" ? "deno" : "node";
+  const tlsOptions = tls ? (({ cert, key }) => ({ tls: { cert, key, ca: cert } }))(selfSignedCert()) : {};
+  const a = runScript(scriptOf[acceptor], ["mixed", JSON.stringify({ nParallelWorkers: 1, protocol: "tcp", ports: p0, nodeIds: 0, ...tlsOptions })], {
+    runtime: acceptor,
     timeoutMs: 60_000,
   });
-  const b = runScript(deno, ["mixed", JSON.stringify({
+  const b = runScript(scriptOf[dialer], ["mixed", JSON.stringify({
     nParallelWorkers: 1,
     protocol: "tcp",
     ports: p1,
     nodeIds: 1,
-    attachTo: [`tcp://127.0.0.1:${p0}`],
-  })], { runtime: "deno", timeoutMs: 60_000 });
+    attachTo: [`${tls ? "wss" : "tcp"}://127.0.0.1:${p0}`],
+    ...tlsOptions,
+  })], { runtime: dialer, timeoutMs: 60_000 });
   const [ra, rb] = await Promise.all([a, b]);
   assert.is(ra.code, 0, ra.stderr);
   assert.is(rb.code, 0, rb.stderr);
   // Deno sends a Float16Array, which Node 20 (no such class) receives as a Float32Array; Node 20
   // sends a Float32Array. (Node 24 has Float16Array.)
-  assert.ok(lines(ra.stdout).some((l) => /^node 0 \(node\) got hello from deno intact=true half=Float(32|16)Array:1.5,-2,65504$/.test(l)), ra.stdout);
-  assert.ok(lines(rb.stdout).some((l) => /^node 1 \(deno\) got hello from node intact=true half=Float(32|16)Array:1.5,-2,65504$/.test(l)), rb.stdout);
-});
+  const got = (id: number, self: string, from: string) =>
+    new RegExp(`^node ${id} \\(${self}\\) got hello from ${from} intact=true half=Float(32|16)Array:1.5,-2,65504$`);
+  assert.ok(lines(ra.stdout).some((l) => got(0, acceptor, dialer).test(l)), ra.stdout);
+  assert.ok(lines(rb.stdout).some((l) => got(1, dialer, acceptor).test(l)), rb.stdout);
+}
+
+P("mixed runtimes: a Deno worker dials a Node worker; a 1M Float32Array both ways, and a Float16Array from Deno", () => mixedRuntimes("deno", false));
+
+P("mixed runtimes over wss: a Node worker dials a Deno worker (rustls serving, ws dialing)", () => mixedRuntimes("node", true));
 
 /** Start the "hang" scenario (two workers that wait); resolves once both printed their PIDs. */
 async function startHang() {
